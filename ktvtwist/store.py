@@ -1,0 +1,94 @@
+"""Where rooms live, and how their changes reach every listener.
+
+:class:`IRoomStore` is the seam for scale-out: its methods return Deferreds so
+a store backed by Redis (shared by several nodes) can stand in for the
+in-memory one.  A store applies a pure change function atomically and then
+tells every subscribed listener (on every node, for a shared store) about the
+new state, in version order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import Interface, implementer
+
+from ktvtwist.room import RoomState
+
+Change = Callable[[Optional[RoomState]], Optional[RoomState]]
+
+
+class IRoomListener(Interface):
+    def room_changed(room_id: str, state: RoomState | None, origin: str | None) -> None:
+        """``room_id`` now holds ``state`` (None: the room was deleted).
+
+        ``origin`` names the connection whose action caused the change (it
+        gets the new state as its reply), or None.
+        """
+
+    def room_message(room_id: str, message: dict[str, Any], origin: str | None) -> None:
+        """A message (such as a ``boardcast``) for every member of ``room_id``."""
+
+
+class IRoomStore(Interface):
+    def get(room_id: str) -> Deferred[RoomState | None]:
+        """The room's current state, or None if there is no such room."""
+
+    def update(room_id: str, change: Change, origin: str | None) -> Deferred[RoomState | None]:
+        """Atomically replace the room's state with ``change(state)``.
+
+        ``change`` is pure and may be called more than once (a store may
+        retry it).  It raises to refuse the change; it returns the very
+        object it was given to change nothing (nobody is told), or None to
+        delete the room.  The Deferred fires with the stored result.
+        """
+
+    def publish(room_id: str, message: dict[str, Any], origin: str | None) -> Deferred[None]:
+        """Deliver ``message`` to every listener's ``room_message``."""
+
+    def subscribe(listener: IRoomListener) -> None:
+        """Tell ``listener`` about every change and message from now on."""
+
+
+@implementer(IRoomStore)
+class MemoryRoomStore:
+    """Rooms in a dict of one process: the embedded default.
+
+    Changes are applied and announced synchronously, so listeners hear of a
+    change before the caller's Deferred fires.
+    """
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, RoomState] = {}
+        self._listeners: list[IRoomListener] = []
+
+    def __len__(self) -> int:
+        return len(self._rooms)
+
+    def get(self, room_id: str) -> Deferred[RoomState | None]:
+        return succeed(self._rooms.get(room_id))
+
+    def update(self, room_id: str, change: Change, origin: str | None) -> Deferred[RoomState | None]:
+        old = self._rooms.get(room_id)
+        try:
+            new = change(old)
+        except Exception:
+            return fail()
+        if new is old:
+            return succeed(new)
+        if new is None:
+            del self._rooms[room_id]
+        else:
+            self._rooms[room_id] = new
+        for listener in list(self._listeners):
+            listener.room_changed(room_id, new, origin)
+        return succeed(new)
+
+    def publish(self, room_id: str, message: dict[str, Any], origin: str | None) -> Deferred[None]:
+        for listener in list(self._listeners):
+            listener.room_message(room_id, message, origin)
+        return succeed(None)
+
+    def subscribe(self, listener: IRoomListener) -> None:
+        self._listeners.append(listener)

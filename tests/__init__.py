@@ -1,0 +1,1 @@
+"""ktvtwist's trial tests: ``python -m twisted.trial tests``."""

@@ -208,5 +208,11 @@ class KTVWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
             maxFramePayloadSize=max_message_bytes,
             maxMessagePayloadSize=max_message_bytes,
             openHandshakeTimeout=10,
+            # Send a close frame (1009 for an oversized message) rather than
+            # just dropping the TCP connection, so clients learn why.
+            failByDrop=False,
+            # Invalid UTF-8 gets a bad_request error frame from our parser
+            # instead of a dropped connection.
+            utf8validateIncoming=False,
             **options,
         )

@@ -6,8 +6,9 @@ module) and signed tokens can be swapped without touching the room logic.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from zope.interface import Interface, implementer
 

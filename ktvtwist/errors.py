@@ -9,10 +9,10 @@ Chinese (the old server's wording, which clients may display) and English.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Language(str, Enum):
+class Language(StrEnum):
     ZH = "zh"
     EN = "en"
 

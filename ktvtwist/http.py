@@ -84,6 +84,7 @@ class HTTPAPI:
     @app.handle_errors(KTVError)
     def domain_error(self, request: IRequest, failure: Failure) -> bytes:
         error = failure.value
+        assert isinstance(error, KTVError)
         return _api_response(
             request, error.kind.api_status, error.message(self.language), error.kind.http_status, code=error.code
         )

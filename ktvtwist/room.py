@@ -125,9 +125,7 @@ class RoomRules:
     def create(self, room: str, now: float) -> RoomState:
         return RoomState(room=room, status=RoomStatus.IDLE, start_time=now, duration=IDLE_SECONDS)
 
-    def _enter(
-        self, state: RoomState, status: RoomStatus, now: float, duration: float, **changes: Any
-    ) -> RoomState:
+    def _enter(self, state: RoomState, status: RoomStatus, now: float, duration: float, **changes: Any) -> RoomState:
         return dataclasses.replace(
             state,
             status=status,

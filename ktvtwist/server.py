@@ -15,13 +15,13 @@ is one path for arming timers and pushing to members.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from ktvtwist import errors, wire
@@ -155,9 +155,7 @@ class KTVServer:
         binding = self._require_binding(conn)
         now = self.now()
         fullname = binding.identity.fullname
-        state = await self._update(
-            binding.room, lambda s: self.rules.ask(s, fullname, accept, now), conn.connection_id
-        )
+        state = await self._update(binding.room, lambda s: self.rules.ask(s, fullname, accept, now), conn.connection_id)
         assert state is not None
         return state
 
@@ -211,7 +209,7 @@ class KTVServer:
         if conn not in self._bindings:
             return
         d = Deferred.fromCoroutine(self.leave(conn))
-        d.addErrback(self._log_failure, "leaving after a closed connection")
+        d.addErrback(lambda f: self._log.failure("leaving after a closed connection", f))
 
     # -- HTTP API ------------------------------------------------------------
 
@@ -315,12 +313,9 @@ class KTVServer:
             return self.rules.expire(state, version, now)
 
         d = self.store.update(room_id, move_on, None)
-        d.addErrback(self._log_failure, "moving room {room} on", room=room_id)
+        d.addErrback(lambda f: self._log.failure("moving room {room} on", f, room=room_id))
 
     def stop(self) -> None:
         """Cancel every timer (service shutdown)."""
         for local in self.rooms.values():
             local.cancel_timer()
-
-    def _log_failure(self, failure: Failure, what: str, **kw: Any) -> None:
-        self._log.failure(what, failure, **kw)

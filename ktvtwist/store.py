@@ -9,14 +9,15 @@ new state, in version order.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import Interface, implementer
 
 from ktvtwist.room import RoomState
 
-Change = Callable[[Optional[RoomState]], Optional[RoomState]]
+Change = Callable[[RoomState | None], RoomState | None]
 
 
 class IRoomListener(Interface):

@@ -44,10 +44,7 @@ def _language(value: str) -> Language:
 
 class Options(usage.Options):
     synopsis = "[options]"
-    longdesc = (
-        "Run the KTV room server: the WebSocket room protocol and the HTTP API "
-        "on each --listen address."
-    )
+    longdesc = "Run the KTV room server: the WebSocket room protocol and the HTTP API on each --listen address."
     optParameters = [
         ["ask-timeout", None, 15.0, "Seconds a member has to take the mic when asked.", _positive_seconds],
         ["rest-timeout", None, 30.0, "Seconds of rest between songs.", _positive_seconds],

@@ -21,7 +21,8 @@ with ``internal_error``.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
@@ -38,7 +39,7 @@ from ktvtwist.server import IConnection, KTVServer
 
 MAX_MESSAGE_BYTES = 64 * 1024
 
-Handler = Callable[["KTVServerProtocol", wire.Request], Awaitable[bytes]]
+Handler = Callable[["KTVServerProtocol", wire.Request], Coroutine[Any, Any, bytes]]
 
 
 @implementer(IConnection)
@@ -55,7 +56,7 @@ class KTVServerProtocol(WebSocketServerProtocol):
         # protocol takes over a twisted.web request; without this a second
         # frame can wait ~40 ms for a delayed ACK (Nagle).
         try:
-            self.transport.setTcpNoDelay(True)
+            cast(Any, self.transport).setTcpNoDelay(True)
         except Exception:
             pass
 
@@ -98,7 +99,7 @@ class KTVServerProtocol(WebSocketServerProtocol):
         if handler is None:
             self._send_error(errors.unknown_action(request.action[:64]), request)
             return
-        d = Deferred.fromCoroutine(handler(self, request))
+        d: Deferred[bytes] = Deferred.fromCoroutine(handler(self, request))
         d.addCallbacks(self._send_payload, self._send_failure, errbackArgs=(request,))
 
     # -- frames out -------------------------------------------------------
@@ -121,7 +122,7 @@ class KTVServerProtocol(WebSocketServerProtocol):
         self._send_payload(wire.encode(message))
 
     def _send_failure(self, failure: Failure, request: wire.Request) -> None:
-        if failure.check(KTVError):
+        if isinstance(failure.value, KTVError):
             self._send_error(failure.value, request)
             return
         self._log.failure("handling {action!r}", failure, action=request.action)
@@ -189,8 +190,8 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
-class KTVWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
-    protocol = KTVServerProtocol
+class KTVWebSocketFactory(WebSocketServerFactory):
+    protocol = KTVServerProtocol  # type: ignore[assignment]
 
     def __init__(
         self,

@@ -107,9 +107,7 @@ def as_reply(message: dict[str, Any], action: str, fullname: str) -> dict[str, A
     return {**message, "caller_action": action, "caller_fullname": fullname}
 
 
-def error_envelope(
-    error: KTVError, now: float, language: Language, action: str, fullname: str
-) -> dict[str, Any]:
+def error_envelope(error: KTVError, now: float, language: Language, action: str, fullname: str) -> dict[str, Any]:
     return {
         "status": STATUS_ERROR,
         "type": TYPE_ROOM,

@@ -49,7 +49,7 @@ class HTTPAPITests(SynchronousTestCase):
             max_song_seconds=3600,
         )
         self.api = HTTPAPI(self.server, self.language)
-        self.treq = StubTreq(self.api.app.resource())
+        self.treq: Any = StubTreq(self.api.app.resource())
         self.alice = self.join("alice")
 
     def join(self, name: str) -> Member:
@@ -160,7 +160,7 @@ class RootResourceTests(SynchronousTestCase):
             def render(self, request: Any) -> bytes:
                 return self.name
 
-        treq = StubTreq(KTVRoot(Marker(b"ws"), Marker(b"http")))
+        treq: Any = StubTreq(KTVRoot(Marker(b"ws"), Marker(b"http")))
         plain = self.successResultOf(treq.get("http://localhost/any/path"))
         self.assertEqual(self.successResultOf(plain.content()), b"http")
         upgrade = self.successResultOf(treq.get("http://localhost/any/path", headers={"Upgrade": "WebSocket"}))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from ktvtwist.errors import KTVError
@@ -15,9 +17,7 @@ def member(name: str, credential: str = "") -> Member:
 
 
 def song(name: str, sid: str = "1", duration: int = 200) -> Song:
-    return Song(
-        sid=sid, name=f"song {sid}", author="x", duration=duration, fullname=name, nick=name.title(), avatar=""
-    )
+    return Song(sid=sid, name=f"song {sid}", author="x", duration=duration, fullname=name, nick=name.title(), avatar="")
 
 
 def room_with(*names: str, now: float = 1000.0) -> RoomState:
@@ -27,17 +27,13 @@ def room_with(*names: str, now: float = 1000.0) -> RoomState:
     return state
 
 
-class RefusalMixin:
-    def assertRefused(self, code: str, f: object, *args: object) -> KTVError:
-        try:
-            f(*args)  # type: ignore[operator]
-        except KTVError as e:
-            self.assertEqual(e.code, code)  # type: ignore[attr-defined]
-            return e
-        self.fail(f"expected {code}")  # type: ignore[attr-defined]
+class RulesTestCase(SynchronousTestCase):
+    def assertRefused(self, code: str, f: Callable[..., object], *args: object) -> None:
+        error = self.assertRaises(KTVError, f, *args)
+        self.assertEqual(error.code, code)
 
 
-class JoinLeaveTests(RefusalMixin, SynchronousTestCase):
+class JoinLeaveTests(RulesTestCase):
     def test_create_is_idle_for_a_day(self) -> None:
         state = RULES.create("R1", 1000.0)
         self.assertEqual(state.status, RoomStatus.IDLE)
@@ -105,7 +101,7 @@ class JoinLeaveTests(RefusalMixin, SynchronousTestCase):
         self.assertEqual(left.queue, ())
 
 
-class CycleTests(RefusalMixin, SynchronousTestCase):
+class CycleTests(RulesTestCase):
     def test_queue_in_idle_room_asks_owner_at_once(self) -> None:
         state = RULES.queue_song(room_with("alice"), song("alice"), 1000)
         self.assertEqual(state.status, RoomStatus.ASKING)

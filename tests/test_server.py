@@ -233,7 +233,7 @@ class TimerTests(ServerTestCase):
         self.assertOneTimerAt(START + 15 + 86400)
 
     def test_ask_timeout_asks_next_member(self) -> None:
-        alice, bob = self.join("alice"), self.join("bob")
+        _alice, bob = self.join("alice"), self.join("bob")
         self.queue("alice")
         self.queue("bob", sid="2")
         self.clock.advance(15)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import cast
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceMaker, MultiService
@@ -71,7 +72,7 @@ class MakeServiceTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         options = Options()
         options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--listen", "tcp:0"])
-        service = makeService(options, reactor=reactor)
+        service = cast(MultiService, makeService(options, reactor=reactor))
         self.assertIsInstance(service, MultiService)
         children = list(service)
         self.assertEqual(sum(isinstance(c, StreamServerEndpointService) for c in children), 2)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.address import IPv4Address
@@ -80,10 +80,10 @@ class WebSocketTestCase(SynchronousTestCase):
         self.server.stop()
 
     def connect(self) -> tuple[RecordingClient, KTVServerProtocol]:
-        server_proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        server_proto = cast(KTVServerProtocol, self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000)))
         client_factory = WebSocketClientFactory("ws://localhost:8888/", reactor=self.clock)
         client_factory.protocol = RecordingClient
-        client = client_factory.buildProtocol(None)
+        client = cast(RecordingClient, client_factory.buildProtocol(None))
         server_t = iosim.FakeTransport(server_proto, isServer=True)
         client_t = iosim.FakeTransport(client, isServer=False)
         pump = iosim.connect(server_proto, server_t, client, client_t, greet=False)
@@ -109,7 +109,9 @@ class WebSocketTestCase(SynchronousTestCase):
 
     def join(self, name: str, room: str = "R1", **body: Any) -> RecordingClient:
         client, _ = self.connect()
-        reply = self.send(client, {"action": "join", "room": room, "fullname": name, "token": f"t-{name}", "body": body})
+        reply = self.send(
+            client, {"action": "join", "room": room, "fullname": name, "token": f"t-{name}", "body": body}
+        )
         self.assertEqual(reply["status"], 0, reply)
         return client
 
@@ -202,7 +204,11 @@ class ActionTests(WebSocketTestCase):
         self.flush()
 
     def test_ack_at_top_level_or_in_body_or_as_string(self) -> None:
-        for frame in ({"action": "ask", "ack": 0}, {"action": "ask", "body": {"ack": 0}}, {"action": "ask", "ack": "0"}):
+        for frame in (
+            {"action": "ask", "ack": 0},
+            {"action": "ask", "body": {"ack": 0}},
+            {"action": "ask", "ack": "0"},
+        ):
             alice = self.join("alice")
             self.queue("alice")
             reply = self.send(alice, frame)

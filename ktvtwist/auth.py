@@ -10,9 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import Interface, implementer
 
-from ktvtwist import errors
+from ktvtwist import errors, tokens
 from ktvtwist.room import Member, RoomState
 
 MAX_NAME_LENGTH = 64
@@ -90,3 +91,64 @@ class OpenAuthority:
             if m.credential == token:
                 return Identity(m.fullname, m.nick, m.avatar, credential=token)
         raise errors.not_member()
+
+
+MAX_SECRET_FILE_BYTES = 64 * 1024
+
+
+def read_secret_file(path: str) -> bytes:
+    """The signing secret kept in ``path``, less trailing whitespace.
+
+    Raises ``ValueError`` with a one-line reason (never the secret) when the
+    file cannot be read or the secret is empty or shorter than 32 bytes.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SECRET_FILE_BYTES + 1)
+    except OSError as e:
+        raise ValueError(f"cannot read the secret file {path}: {e.strerror or e}") from None
+    if len(data) > MAX_SECRET_FILE_BYTES:
+        raise ValueError(f"the secret file {path} is larger than {MAX_SECRET_FILE_BYTES} bytes")
+    secret = data.rstrip()
+    try:
+        tokens.check_secret(secret)
+    except ValueError as e:
+        raise ValueError(f"the secret file {path}: {e}") from None
+    return secret
+
+
+@implementer(ITokenAuthority)
+class SignedAuthority:
+    """Tokens are HS256 JWTs (see :mod:`ktvtwist.tokens`) and say who the member is.
+
+    A ``join`` frame's own ``fullname``, ``nick`` and ``avatar`` are ignored.
+    The token is not kept (the member's credential is empty): any genuine,
+    unexpired token naming a member identifies them, so :meth:`resolve` does
+    not look at the room; the server refuses a non-member's song itself
+    (``not_member``, from :meth:`~ktvtwist.room.RoomRules.queue_song`).
+    """
+
+    open = False
+
+    def __init__(self, secret: bytes, clock: IReactorTime) -> None:
+        tokens.check_secret(secret)
+        self._secret = secret
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return "SignedAuthority(<secret>)"
+
+    def _verify(self, token: Any) -> Identity:
+        if not isinstance(token, str) or not token:
+            raise errors.auth_failed("a non-empty token is required")
+        try:
+            claims = tokens.verify(self._secret, token, self._clock.seconds())
+        except tokens.TokenError as e:
+            raise errors.auth_failed(f"invalid token: {e.reason}") from None
+        return Identity(claims["fullname"], claims["nick"], claims["avatar"], admin=tokens.is_admin(claims))
+
+    def identify(self, token: Any, claimed: Mapping[str, Any]) -> Identity:
+        return self._verify(token)
+
+    def resolve(self, token: Any, state: RoomState) -> Identity:
+        return self._verify(token)

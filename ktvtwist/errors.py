@@ -42,6 +42,10 @@ NOT_MEMBER = ErrorKind("not_member", 2, 403)
 ROOM_NOT_FOUND = ErrorKind("room_not_found", 7, 404)
 SONG_NOT_FOUND = ErrorKind("song_not_found", 7, 404)
 NOT_FOUND = ErrorKind("not_found", 7, 404)
+NOT_QUEUED = ErrorKind("not_queued", 7, 404)
+FORBIDDEN = ErrorKind("forbidden", 2, 403)
+TOO_LARGE = ErrorKind("too_large", 4, 413)
+SERVER_BUSY = ErrorKind("server_busy", 5, 503)
 INTERNAL_ERROR = ErrorKind("internal_error", 5, 500)
 
 
@@ -137,5 +141,28 @@ def song_not_found() -> KTVError:
     return KTVError(SONG_NOT_FOUND, "歌曲不存在", "no such song")
 
 
+def not_queued() -> KTVError:
+    return KTVError(NOT_QUEUED, "未找到已点歌曲", "no queued song to cancel")
+
+
+def forbidden() -> KTVError:
+    return KTVError(FORBIDDEN, "没有权限", "only an admin may do that")
+
+
+def too_large(what: str, limit: int) -> KTVError:
+    return KTVError(TOO_LARGE, f"消息过长(最多 {limit} 字节)", f"{what} is larger than {limit} bytes")
+
+
+def too_many_rooms() -> KTVError:
+    return KTVError(SERVER_BUSY, "服务器繁忙,无法创建新房间", "this server cannot open more rooms now")
+
+
 def internal_error() -> KTVError:
     return KTVError(INTERNAL_ERROR, "服务器内部错误", "internal server error")
+
+
+RATE_LIMITED = ErrorKind("rate_limited", 4, 429)
+
+
+def rate_limited() -> KTVError:
+    return KTVError(RATE_LIMITED, "请求过于频繁,请稍后再试", "too many requests; slow down")

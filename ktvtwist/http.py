@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from klein import Klein
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -19,9 +20,11 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ktvtwist import errors
 from ktvtwist.errors import KTVError, Language
+from ktvtwist.limits import DEFAULT_BURST, DEFAULT_RATE, KeyedBuckets
 from ktvtwist.server import KTVServer
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_TRACKED_TOKENS = 10000
 API_OK = 1
 
 
@@ -32,8 +35,23 @@ def _api_response(request: IRequest, status: int, msg: str, http_status: int = 2
     return json.dumps({"body": {}, "status": status, "msg": msg, **extra}, ensure_ascii=False).encode("utf-8")
 
 
+def _body_size(request: IRequest) -> int:
+    """The size of the request body twisted.web has buffered (in memory or a temporary file)."""
+    content = request.content
+    if content is None:
+        return 0
+    position = content.tell()
+    content.seek(0, 2)
+    size: int = content.tell()
+    content.seek(position)
+    return size
+
+
 def _read_params(request: IRequest) -> dict[str, Any]:
-    """Form-encoded or JSON parameters (the query string counts too)."""
+    """Form-encoded or JSON parameters (the query string counts too).
+
+    The body's size has been checked already.
+    """
     params: dict[str, Any] = {}
     for key, values in (request.args or {}).items():
         if values:
@@ -43,9 +61,8 @@ def _read_params(request: IRequest) -> dict[str, Any]:
                 raise errors.bad_request("parameters must be UTF-8") from None
     content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
     if content_type == b"application/json":
-        raw = request.content.read(MAX_BODY_BYTES + 1)
-        if len(raw) > MAX_BODY_BYTES:
-            raise errors.bad_request(f"request body is larger than {MAX_BODY_BYTES} bytes")
+        request.content.seek(0)
+        raw = request.content.read()
         try:
             data = json.loads(raw.decode("utf-8")) if raw.strip() else {}
         except (ValueError, RecursionError):
@@ -62,13 +79,42 @@ class HTTPAPI:
     app = Klein()
     _log = Logger()
 
-    def __init__(self, server: KTVServer, language: Language = Language.ZH) -> None:
+    def __init__(
+        self,
+        server: KTVServer,
+        language: Language = Language.ZH,
+        *,
+        rate: float = DEFAULT_RATE,
+        burst: int = DEFAULT_BURST,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        max_tracked_tokens: int = MAX_TRACKED_TOKENS,
+        clock: IReactorTime | None = None,
+    ) -> None:
         self.server = server
         self.language = language
+        if max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be at least 1")
+        self.max_body_bytes = max_body_bytes
+        # Calls per token, as for WebSocket frames per connection.
+        self._token_buckets = KeyedBuckets(rate, burst, clock or server.clock, max_tracked_tokens)
+
+    def _check_request(self, request: IRequest) -> dict[str, Any]:
+        """The request's parameters, once its size and its token's rate are within limits.
+
+        twisted.web has buffered the body by now; a body over the limit is
+        refused (413) before anything parses it.
+        """
+        if _body_size(request) > self.max_body_bytes:
+            raise errors.too_large("request body", self.max_body_bytes)
+        params = _read_params(request)
+        token = params.get("token")
+        if isinstance(token, str) and token and not self._token_buckets.take(token):
+            raise errors.rate_limited()
+        return params
 
     @app.route("/api/v2/singer/create", methods=["POST"])
     async def create_singer(self, request: IRequest) -> bytes:
-        params = _read_params(request)
+        params = self._check_request(request)
         missing = [k for k in ("room", "sid", "token", "duration") if params.get(k) in (None, "")]
         if missing == ["token"]:
             raise errors.auth_failed("a non-empty token is required")

@@ -24,6 +24,8 @@ from typing import Any
 from ktvtwist import errors
 
 IDLE_SECONDS = 86400.0
+# A timer may fire a hair before the deadline it was armed for (float sums).
+EARLY_FIRING = 1e-3
 
 
 class RoomStatus(IntEnum):
@@ -40,12 +42,18 @@ class Member:
     ``credential`` is what ties the member to their token in open mode (the
     token itself); it is never sent to clients.  Empty when the token itself
     proves identity (signed tokens).
+
+    ``nodes`` names the server processes holding at least one connection of
+    the member.  When the last one goes the member is away: they keep their
+    place until ``away_until``, and a join before then takes it up again.
     """
 
     fullname: str
     nick: str
     avatar: str
     credential: str = ""
+    nodes: tuple[str, ...] = ()
+    away_until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,11 @@ class RoomState:
             return self.queue[0]
         return None
 
+    @property
+    def deadline(self) -> float:
+        """When the room's one timer must fire: its state's end or an away member's grace end."""
+        return min([self.end_time] + [m.away_until for m in self.members if m.away_until is not None])
+
     def member(self, fullname: str) -> Member | None:
         for m in self.members:
             if m.fullname == fullname:
@@ -105,7 +118,7 @@ class RoomState:
             status=RoomStatus(data["status"]),
             start_time=float(data["start_time"]),
             duration=float(data["duration"]),
-            members=tuple(Member(**m) for m in data["members"]),
+            members=tuple(Member(**{**m, "nodes": tuple(m.get("nodes", ()))}) for m in data["members"]),
             queue=tuple(Song(**s) for s in data["queue"]),
             singing=Song(**singing) if singing else None,
             version=int(data["version"]),
@@ -119,6 +132,7 @@ class RoomRules:
     ask_seconds: float = 15.0
     rest_seconds: float = 30.0
     max_members: int = 12
+    reconnect_grace: float = 30.0
 
     # -- building blocks -------------------------------------------------
 
@@ -149,18 +163,48 @@ class RoomRules:
 
     # -- transitions ----------------------------------------------------
 
-    def join(self, state: RoomState, member: Member) -> RoomState:
-        """Add a member.  The same member joining again (another device) changes nothing."""
+    def _replace_member(self, state: RoomState, member: Member) -> RoomState:
+        members = tuple(member if m.fullname == member.fullname else m for m in state.members)
+        return self._changed(state, members=members)
+
+    def join(self, state: RoomState, member: Member, node: str = "") -> RoomState:
+        """Add a member connected through ``node``.
+
+        The same member joining again (another device, or back within their
+        grace) keeps their place; if nothing changes the state is returned as is.
+        """
         present = state.member(member.fullname)
         if present is not None:
             if present.credential != member.credential:
                 raise errors.name_in_use()
-            return state
+            nodes = present.nodes if node in present.nodes or not node else present.nodes + (node,)
+            back = dataclasses.replace(member, nodes=nodes, away_until=None)
+            if back == present:
+                return state
+            return self._replace_member(state, back)
         if member.credential and any(m.credential == member.credential for m in state.members):
             raise errors.token_in_use()
         if len(state.members) >= self.max_members:
             raise errors.room_full()
-        return self._changed(state, members=state.members + (member,))
+        joined = dataclasses.replace(member, nodes=(node,) if node else (), away_until=None)
+        return self._changed(state, members=state.members + (joined,))
+
+    def disconnect(self, state: RoomState, fullname: str, node: str, now: float) -> RoomState:
+        """The member's last connection through ``node`` is gone (without ``leave``).
+
+        With no connection left anywhere they are away for the reconnect
+        grace (or leave at once when there is none).
+        """
+        present = state.member(fullname)
+        if present is None or node not in present.nodes:
+            return state
+        nodes = tuple(n for n in present.nodes if n != node)
+        if nodes:
+            return self._replace_member(state, dataclasses.replace(present, nodes=nodes))
+        if self.reconnect_grace <= 0:
+            return self.leave(state, fullname, now)
+        away = dataclasses.replace(present, nodes=(), away_until=now + self.reconnect_grace)
+        return self._replace_member(state, away)
 
     def leave(self, state: RoomState, fullname: str, now: float) -> RoomState:
         """Remove a member and their queued song; hand on the mic they held."""
@@ -199,22 +243,42 @@ class RoomRules:
             )
         return self._ask_next(state, now, state.queue[1:])
 
-    def cut(self, state: RoomState, fullname: str, now: float) -> RoomState:
-        """The singer ends their song early; the room rests."""
+    def cut(self, state: RoomState, fullname: str, now: float, admin: bool = False) -> RoomState:
+        """The singer (or an admin) ends the song early; the room rests."""
         if state.status is not RoomStatus.SINGING or state.singing is None:
             raise errors.cannot_cut()
-        if state.singing.fullname != fullname:
+        if state.singing.fullname != fullname and not admin:
             raise errors.not_singer()
         return self._rest(state, now)
 
-    def expire(self, state: RoomState, version: int, now: float) -> RoomState:
-        """The timer armed for ``version`` fired.
+    def dequeue(self, state: RoomState, fullname: str, now: float) -> RoomState:
+        """Take a member's song out of the queue; if they were being asked, ask the next."""
+        if not any(s.fullname == fullname for s in state.queue):
+            raise errors.not_queued()
+        queue = tuple(s for s in state.queue if s.fullname != fullname)
+        if state.status is RoomStatus.ASKING and state.queue[0].fullname == fullname:
+            return self._ask_next(state, now, queue)
+        return self._changed(state, queue=queue)
 
-        A timer armed for an older version (the room moved on since) changes
-        nothing, so a duplicate or late firing is harmless.
+    def expire(self, state: RoomState, version: int, now: float) -> RoomState:
+        """The timer armed for ``version`` fired: do whatever is due by ``now``.
+
+        Away members whose grace is over leave; then, if the state itself has
+        ended, the room moves on.  A timer armed for an older version (the
+        room moved on since) changes nothing, so a duplicate or late firing is
+        harmless.  Returns the state unchanged when nothing was due.
         """
         if state.version != version:
             return state
+        due = now + EARLY_FIRING
+        for m in state.members:
+            if m.away_until is not None and m.away_until <= due:
+                state = self.leave(state, m.fullname, now)
+        if state.end_time > due:
+            return state
+        return self._end_state(state, now)
+
+    def _end_state(self, state: RoomState, now: float) -> RoomState:
         if state.status is RoomStatus.SINGING:
             return self._rest(state, now)
         if state.status is RoomStatus.ASKING:

@@ -5,16 +5,19 @@ No network code lives here.  Connections reach the server through
 :class:`~ktvtwist.store.IRoomStore`; time comes from an injected
 ``IReactorTime``.  Each room that has members on this node is a
 :class:`LocalRoom`: the connections of its members here and the one
-``callLater`` that moves it on when its current state ends.
+``callLater`` that moves it on at its next deadline (the end of its state, or
+the end of an away member's reconnect grace).
 
 Every change reaches this server through the store's listener interface
-(:meth:`KTVServer.room_changed`), whichever node or timer caused it, so there
-is one path for arming timers and pushing to members.
+(:meth:`KTVServer.room_changed`), whichever node, timer or HTTP call caused
+it, so there is one path for arming timers, pushing to members and letting go
+of connections whose member is no longer in the room.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +35,7 @@ from ktvtwist.store import IRoomListener, IRoomStore
 from ktvtwist.wire import Frame
 
 MAX_ROOM_ID_LENGTH = 64
+HISTORY_LENGTH = 200
 
 
 class IConnection(Interface):
@@ -84,6 +88,9 @@ class KTVServer:
         clock: IReactorTime,
         rules: RoomRules | None = None,
         max_song_seconds: int = 3600,
+        max_rooms: int = 10000,
+        max_message_bytes: int = 4096,
+        node_id: str = "local",
     ) -> None:
         self.store = store
         self.catalog = catalog
@@ -91,13 +98,16 @@ class KTVServer:
         self.clock = clock
         self.rules = rules or RoomRules()
         self.max_song_seconds = max_song_seconds
+        self.max_rooms = max_rooms
+        self.max_message_bytes = max_message_bytes
+        self.node_id = node_id
         self.rooms: dict[str, LocalRoom] = {}
         self._bindings: dict[IConnection, Binding] = {}
         self._ids = itertools.count(1)
         store.subscribe(self)
 
     def new_connection_id(self) -> str:
-        return f"c{next(self._ids)}"
+        return f"{self.node_id}/{next(self._ids)}"
 
     def now(self) -> float:
         return self.clock.seconds()
@@ -123,19 +133,39 @@ class KTVServer:
 
         return self.store.update(room_id, checked, origin)
 
-    # -- member actions ---------------------------------------------------
+    async def _change(
+        self, conn: IConnection, change: Callable[[RoomState, Binding, float], RoomState | None]
+    ) -> RoomState:
+        """Apply a member's action to their room; a deleted room is answered as empty."""
+        binding = self._require_binding(conn)
+        now = self.now()
+        state = await self._update(binding.room, lambda s: change(s, binding, now), conn.connection_id)
+        return state if state is not None else self.rules.create(binding.room, now)
+
+    def _check_size(self, what: str, value: Any) -> None:
+        size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+        if size > self.max_message_bytes:
+            raise errors.too_large(what, self.max_message_bytes)
+
+    # -- joining and leaving -----------------------------------------------
 
     async def join(self, conn: IConnection, room: Any, token: Any, claimed: dict[str, Any]) -> RoomState:
-        """Enter a room (created on first join); the connection is that member from now on."""
+        """Enter a room (created on first join); the connection is that member from now on.
+
+        A member already in the room (another device, or back within the
+        reconnect grace) keeps their place, queued song and mic.
+        """
         if conn in self._bindings:
             raise errors.already_in_room()
         room_id = wire.require_text(room, "room", MAX_ROOM_ID_LENGTH)
         identity = self.authority.identify(token, claimed)
+        if room_id not in self.rooms and len(self.rooms) >= self.max_rooms:
+            raise errors.too_many_rooms()
         member = identity.as_member()
         now = self.now()
 
         def enter(state: RoomState | None) -> RoomState:
-            return self.rules.join(state or self.rules.create(room_id, now), member)
+            return self.rules.join(state or self.rules.create(room_id, now), member, self.node_id)
 
         state = await self.store.update(room_id, enter, conn.connection_id)
         assert state is not None
@@ -143,6 +173,63 @@ class KTVServer:
         local = self.rooms.setdefault(room_id, LocalRoom(room_id))
         local.connections.setdefault(identity.fullname, set()).add(conn)
         return state
+
+    def _unbind(self, conn: IConnection) -> tuple[Binding, bool]:
+        """Forget a connection; also says whether it was its member's last one here."""
+        binding = self._bindings.pop(conn)
+        fullname = binding.identity.fullname
+        local = self.rooms.get(binding.room)
+        if local is None:
+            return binding, True
+        conns = local.connections.get(fullname, set())
+        conns.discard(conn)
+        if conns:
+            return binding, False
+        local.connections.pop(fullname, None)
+        return binding, True
+
+    async def leave(self, conn: IConnection) -> RoomState:
+        """Leave the room for good: the member's place, song and mic go at once.
+
+        The member's other connections are let go too (they get the push).
+        """
+        binding, _ = self._unbind(conn)
+        fullname = binding.identity.fullname
+        now = self.now()
+
+        def depart(state: RoomState | None) -> RoomState | None:
+            if state is None or state.member(fullname) is None:
+                return state
+            left = self.rules.leave(state, fullname, now)
+            return left if left.members else None
+
+        state = await self.store.update(binding.room, depart, conn.connection_id)
+        return state if state is not None else self.rules.create(binding.room, now)
+
+    def connection_lost(self, conn: IConnection) -> None:
+        """A connection closed without ``leave``.
+
+        When it was its member's last connection on this node, the member is
+        away: they keep their place for the reconnect grace.
+        """
+        if conn not in self._bindings:
+            return
+        binding, last = self._unbind(conn)
+        if not last:
+            return
+        fullname = binding.identity.fullname
+        now = self.now()
+
+        def away(state: RoomState | None) -> RoomState | None:
+            if state is None:
+                return None
+            gone = self.rules.disconnect(state, fullname, self.node_id, now)
+            return gone if gone.members else None
+
+        d = self.store.update(binding.room, away, None)
+        d.addErrback(lambda f: self._log.failure("marking {member} away", f, member=fullname))
+
+    # -- the mic ------------------------------------------------------------
 
     async def status(self, conn: IConnection) -> RoomState:
         binding = self._require_binding(conn)
@@ -152,78 +239,65 @@ class KTVServer:
         return state
 
     async def ask(self, conn: IConnection, accept: bool) -> RoomState:
-        binding = self._require_binding(conn)
-        now = self.now()
-        fullname = binding.identity.fullname
-        state = await self._update(binding.room, lambda s: self.rules.ask(s, fullname, accept, now), conn.connection_id)
-        assert state is not None
-        return state
+        return await self._change(conn, lambda s, b, now: self.rules.ask(s, b.identity.fullname, accept, now))
 
     async def cut(self, conn: IConnection) -> RoomState:
-        binding = self._require_binding(conn)
-        now = self.now()
-        fullname = binding.identity.fullname
-        state = await self._update(binding.room, lambda s: self.rules.cut(s, fullname, now), conn.connection_id)
-        assert state is not None
-        return state
+        """The singer ends their song; an admin may end anyone's."""
+        return await self._change(
+            conn, lambda s, b, now: self.rules.cut(s, b.identity.fullname, now, admin=b.identity.admin)
+        )
 
-    async def boardcast(self, conn: IConnection, body: dict[str, Any]) -> dict[str, Any]:
-        """Relay ``body`` to every member of the room, naming the sender (never their token)."""
-        binding = self._require_binding(conn)
-        identity = binding.identity
-        message = {
-            "action": "boardcast",
-            "room": binding.room,
-            "fullname": identity.fullname,
-            "nick": identity.nick,
-            "avatar": identity.avatar,
-            "body": body,
-        }
-        await self.store.publish(binding.room, message, conn.connection_id)
-        return message
+    def _target(self, binding: Binding, target: Any) -> str:
+        """The member an action names: oneself unless an admin names another."""
+        if target is None or target == "":
+            return binding.identity.fullname
+        name = wire.require_text(target, "fullname")
+        if name != binding.identity.fullname and not binding.identity.admin:
+            raise errors.forbidden()
+        return name
 
-    async def leave(self, conn: IConnection) -> RoomState | None:
-        """Leave the room.  The member leaves once their last connection here has left."""
+    async def dequeue(self, conn: IConnection, target: Any = None) -> RoomState:
+        """Cancel a queued song: one's own, or (admins) anyone's."""
         binding = self._require_binding(conn)
-        del self._bindings[conn]
-        fullname = binding.identity.fullname
-        local = self.rooms.get(binding.room)
-        if local is not None:
-            conns = local.connections.get(fullname, set())
-            conns.discard(conn)
-            if conns:
-                return await self.store.get(binding.room)
-            local.connections.pop(fullname, None)
-        now = self.now()
+        fullname = self._target(binding, target)
+        return await self._change(conn, lambda s, b, now: self.rules.dequeue(s, fullname, now))
 
-        def depart(state: RoomState | None) -> RoomState | None:
-            if state is None or state.member(fullname) is None:
-                return state
+    async def kick(self, conn: IConnection, target: Any) -> RoomState:
+        """(Admins) remove a member from the room, as if they had left."""
+        binding = self._require_binding(conn)
+        if not binding.identity.admin:
+            raise errors.forbidden()
+        fullname = wire.require_text(target, "fullname")
+
+        def remove(state: RoomState, b: Binding, now: float) -> RoomState | None:
+            if state.member(fullname) is None:
+                raise errors.not_member()
             left = self.rules.leave(state, fullname, now)
             return left if left.members else None
 
-        return await self.store.update(binding.room, depart, conn.connection_id)
+        return await self._change(conn, remove)
 
-    def connection_lost(self, conn: IConnection) -> None:
-        """A connection closed: it leaves whatever room it had joined."""
-        if conn not in self._bindings:
-            return
-        d = Deferred.fromCoroutine(self.leave(conn))
-        d.addErrback(lambda f: self._log.failure("leaving after a closed connection", f))
-
-    # -- HTTP API ------------------------------------------------------------
+    async def sing(self, conn: IConnection, sid: Any, duration: Any) -> RoomState:
+        """Queue a song over the socket: the HTTP API's rules and errors."""
+        binding = self._require_binding(conn)
+        return await self._queue(binding.room, binding.identity, sid, duration, conn.connection_id)
 
     async def queue_song(self, room: Any, token: Any, sid: Any, duration: Any) -> RoomState:
-        """Queue a song from the catalog for the member holding ``token``."""
+        """(HTTP) queue a song from the catalog for the member holding ``token``."""
         room_id = wire.require_text(room, "room", MAX_ROOM_ID_LENGTH)
-        sid_text = wire.require_text(sid, "sid", 128)
-        seconds = wire.parse_duration(duration, self.max_song_seconds)
+        wire.require_text(sid, "sid", 128)
+        wire.parse_duration(duration, self.max_song_seconds)
         if not isinstance(token, str) or not token:
             raise errors.auth_failed("a non-empty token is required")
         state = await self.store.get(room_id)
         if state is None:
             raise errors.room_not_found()
         identity = self.authority.resolve(token, state)
+        return await self._queue(room_id, identity, sid, duration, None)
+
+    async def _queue(self, room_id: str, identity: Identity, sid: Any, duration: Any, origin: str | None) -> RoomState:
+        sid_text = wire.require_text(sid, "sid", 128)
+        seconds = wire.parse_duration(duration, self.max_song_seconds)
         found: CatalogSong | None = await maybeDeferred(self.catalog.lookup, sid_text)
         if found is None:
             raise errors.song_not_found()
@@ -243,9 +317,58 @@ class KTVServer:
                 raise errors.room_not_found()
             return self.rules.queue_song(state, song, now)
 
-        queued = await self.store.update(room_id, enqueue, None)
+        queued = await self.store.update(room_id, enqueue, origin)
         assert queued is not None
         return queued
+
+    # -- messages -------------------------------------------------------------
+
+    def _message(self, binding: Binding, action: str, **fields: Any) -> dict[str, Any]:
+        """A relayed message: names the sender, never carries their token."""
+        identity = binding.identity
+        return {
+            "action": action,
+            "room": binding.room,
+            "fullname": identity.fullname,
+            "nick": identity.nick,
+            "avatar": identity.avatar,
+            **fields,
+        }
+
+    async def _relay(self, conn: IConnection, message: dict[str, Any]) -> dict[str, Any]:
+        binding = self._require_binding(conn)
+        await self.store.publish(binding.room, message, conn.connection_id)
+        return message
+
+    async def boardcast(self, conn: IConnection, body: dict[str, Any]) -> dict[str, Any]:
+        """Relay ``body`` to every member of the room, naming the sender."""
+        binding = self._require_binding(conn)
+        self._check_size("body", body)
+        return await self._relay(conn, self._message(binding, "boardcast", body=body))
+
+    async def chat(self, conn: IConnection, content: Any) -> dict[str, Any]:
+        """Relay a chat line to the room and keep it in the room's history."""
+        binding = self._require_binding(conn)
+        if not isinstance(content, str) or not content:
+            raise errors.bad_request("'content' must be a non-empty string")
+        self._check_size("content", content)
+        message = self._message(binding, "chat", content=content, time=wire.timestamp(self.now()))
+        await self.store.add_history(binding.room, message, HISTORY_LENGTH)
+        return await self._relay(conn, message)
+
+    async def history(self, conn: IConnection) -> list[dict[str, Any]]:
+        """The room's last chat messages, newest first."""
+        binding = self._require_binding(conn)
+        return await self.store.history(binding.room)
+
+    async def device(self, conn: IConnection, device: Any, value: Any) -> dict[str, Any]:
+        """Tell the room that a member's mic or camera went on or off."""
+        binding = self._require_binding(conn)
+        name = wire.require_text(device, "device", 32)
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise errors.bad_request("'value' must be a string or an integer")
+        self._check_size("value", value)
+        return await self._relay(conn, self._message(binding, "device", device=name, value=value))
 
     # -- frames ---------------------------------------------------------------
 
@@ -274,6 +397,7 @@ class KTVServer:
             if local is not None:
                 local.cancel_timer()
                 del self.rooms[room_id]
+                self._let_go(local, set())
             return
         if local is None:
             local = self.rooms[room_id] = LocalRoom(room_id)
@@ -284,6 +408,13 @@ class KTVServer:
         self._arm(local, state)
         local.frame = frame = self.room_frame(state)
         self._push(local, frame, origin)
+        self._let_go(local, {m.fullname for m in state.members})
+
+    def _let_go(self, local: LocalRoom, members: set[str]) -> None:
+        """Unbind the connections of members who are no longer in the room (left, kicked)."""
+        for fullname in [name for name in local.connections if name not in members]:
+            for conn in local.connections.pop(fullname):
+                self._bindings.pop(conn, None)
 
     def room_message(self, room_id: str, message: dict[str, Any], origin: str | None) -> None:
         local = self.rooms.get(room_id)
@@ -296,9 +427,9 @@ class KTVServer:
     # -- timers ---------------------------------------------------------------
 
     def _arm(self, local: LocalRoom, state: RoomState) -> None:
-        """Keep exactly one timer per room: the end of its current state."""
+        """Keep exactly one timer per room, at its next deadline."""
         local.cancel_timer()
-        delay = max(0.0, state.end_time - self.now())
+        delay = max(0.0, state.deadline - self.now())
         local.timer = self.clock.callLater(delay, self._expire, state.room, state.version)
 
     def _expire(self, room_id: str, version: int) -> None:
@@ -310,7 +441,8 @@ class KTVServer:
         def move_on(state: RoomState | None) -> RoomState | None:
             if state is None:
                 return None
-            return self.rules.expire(state, version, now)
+            moved = self.rules.expire(state, version, now)
+            return moved if moved.members else None
 
         d = self.store.update(room_id, move_on, None)
         d.addErrback(lambda f: self._log.failure("moving room {room} on", f, room=room_id))

@@ -9,6 +9,7 @@ new state, in version order.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +52,12 @@ class IRoomStore(Interface):
     def subscribe(listener: IRoomListener) -> None:
         """Tell ``listener`` about every change and message from now on."""
 
+    def add_history(room_id: str, message: dict[str, Any], limit: int) -> Deferred[None]:
+        """Keep ``message`` as the room's newest chat message, and at most ``limit`` of them."""
+
+    def history(room_id: str) -> Deferred[list[dict[str, Any]]]:
+        """The room's kept chat messages, newest first."""
+
 
 @implementer(IRoomStore)
 class MemoryRoomStore:
@@ -62,6 +69,7 @@ class MemoryRoomStore:
 
     def __init__(self) -> None:
         self._rooms: dict[str, RoomState] = {}
+        self._history: dict[str, deque[dict[str, Any]]] = {}
         self._listeners: list[IRoomListener] = []
 
     def __len__(self) -> int:
@@ -80,6 +88,7 @@ class MemoryRoomStore:
             return succeed(new)
         if new is None:
             del self._rooms[room_id]
+            self._history.pop(room_id, None)
         else:
             self._rooms[room_id] = new
         for listener in list(self._listeners):
@@ -93,3 +102,13 @@ class MemoryRoomStore:
 
     def subscribe(self, listener: IRoomListener) -> None:
         self._listeners.append(listener)
+
+    def add_history(self, room_id: str, message: dict[str, Any], limit: int) -> Deferred[None]:
+        kept = self._history.get(room_id)
+        if kept is None or kept.maxlen != limit:
+            kept = self._history[room_id] = deque(kept or (), maxlen=limit)
+        kept.appendleft(message)
+        return succeed(None)
+
+    def history(self, room_id: str) -> Deferred[list[dict[str, Any]]]:
+        return succeed(list(self._history.get(room_id, ())))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -217,3 +218,87 @@ class SerializationTests(SynchronousTestCase):
         state = RULES.ask(RULES.queue_song(room_with("alice", "bob"), song("alice"), 1000), "alice", True, 1000)
         state = RULES.queue_song(state, song("bob", sid="7"), 1001)
         self.assertEqual(RoomState.from_dict(state.to_dict()), state)
+
+
+class PresenceTests(RulesTestCase):
+    grace_rules = RoomRules(ask_seconds=15, rest_seconds=30, max_members=3, reconnect_grace=30)
+
+    def joined(self, *names: str, node: str = "n1") -> RoomState:
+        state = self.grace_rules.create("R1", 1000.0)
+        for name in names:
+            state = self.grace_rules.join(state, member(name), node)
+        return state
+
+    def test_join_records_the_node(self) -> None:
+        state = self.joined("alice")
+        self.assertEqual(state.members[0].nodes, ("n1",))
+        again = self.grace_rules.join(state, member("alice"), "n2")
+        self.assertEqual(again.members[0].nodes, ("n1", "n2"))
+        self.assertIs(self.grace_rules.join(again, member("alice"), "n2"), again)
+
+    def test_disconnect_from_one_of_two_nodes_keeps_member_present(self) -> None:
+        state = self.grace_rules.join(self.joined("alice"), member("alice"), "n2")
+        gone = self.grace_rules.disconnect(state, "alice", "n1", 1010)
+        self.assertEqual(gone.members[0].nodes, ("n2",))
+        self.assertIsNone(gone.members[0].away_until)
+
+    def test_last_disconnect_starts_grace_and_moves_deadline(self) -> None:
+        state = self.grace_rules.queue_song(self.joined("alice", "bob"), song("alice"), 1000)
+        away = self.grace_rules.disconnect(state, "alice", "n1", 1005)
+        self.assertEqual(away.member("alice"), dataclasses.replace(member("alice"), away_until=1035))
+        self.assertEqual(away.status, RoomStatus.ASKING)
+        self.assertEqual(away.deadline, 1015)
+        sung = self.grace_rules.ask(away, "alice", True, 1006)
+        self.assertEqual(sung.deadline, 1035)
+
+    def test_grace_end_leaves_and_passes_the_mic(self) -> None:
+        state = self.grace_rules.queue_song(self.joined("alice", "bob"), song("alice"), 1000)
+        state = self.grace_rules.ask(state, "alice", True, 1000)
+        away = self.grace_rules.disconnect(state, "alice", "n1", 1010)
+        self.assertIs(self.grace_rules.expire(away, away.version, 1039.9), away)
+        gone = self.grace_rules.expire(away, away.version, 1040)
+        self.assertEqual([m.fullname for m in gone.members], ["bob"])
+        self.assertEqual(gone.status, RoomStatus.RESTING)
+
+    def test_rejoin_within_grace_keeps_place(self) -> None:
+        state = self.grace_rules.queue_song(self.joined("alice", "bob"), song("alice"), 1000)
+        away = self.grace_rules.disconnect(state, "alice", "n1", 1005)
+        back = self.grace_rules.join(away, member("alice"), "n3")
+        self.assertEqual(back.member("alice"), dataclasses.replace(member("alice"), nodes=("n3",)))
+        self.assertEqual(back.queue, state.queue)
+        self.assertEqual([m.fullname for m in back.members], ["alice", "bob"])
+
+    def test_disconnect_without_grace_leaves(self) -> None:
+        state = RULES.join(RULES.create("R1", 0), member("alice"), "n1")
+        self.assertEqual(RULES.disconnect(state, "alice", "n1", 5).member("alice").away_until, 35)  # type: ignore[union-attr]
+        no_grace = RoomRules(reconnect_grace=0)
+        state = no_grace.join(no_grace.join(no_grace.create("R1", 0), member("a"), "n1"), member("b"), "n1")
+        self.assertEqual([m.fullname for m in no_grace.disconnect(state, "a", "n1", 5).members], ["b"])
+
+    def test_disconnect_of_unknown_member_or_node_changes_nothing(self) -> None:
+        state = self.joined("alice")
+        self.assertIs(self.grace_rules.disconnect(state, "bob", "n1", 5), state)
+        self.assertIs(self.grace_rules.disconnect(state, "alice", "n9", 5), state)
+
+
+class DequeueAndAdminTests(RulesTestCase):
+    def test_dequeue_own_song(self) -> None:
+        state = RULES.queue_song(room_with("alice", "bob"), song("alice"), 1000)
+        state = RULES.queue_song(state, song("bob"), 1000)
+        removed = RULES.dequeue(state, "bob", 1001)
+        self.assertEqual([s.fullname for s in removed.queue], ["alice"])
+        self.assertEqual(removed.start_time, 1000)
+
+    def test_dequeue_asked_song_asks_next(self) -> None:
+        state = RULES.queue_song(room_with("alice", "bob"), song("alice"), 1000)
+        state = RULES.queue_song(state, song("bob"), 1000)
+        removed = RULES.dequeue(state, "alice", 1003)
+        self.assertEqual(removed.on_mic, song("bob"))
+        self.assertEqual(removed.start_time, 1003)
+
+    def test_dequeue_nothing_queued(self) -> None:
+        self.assertRefused("not_queued", RULES.dequeue, room_with("alice"), "alice", 1000)
+
+    def test_admin_cuts_anyones_song(self) -> None:
+        state = RULES.ask(RULES.queue_song(room_with("alice", "bob"), song("alice"), 1000), "alice", True, 1000)
+        self.assertEqual(RULES.cut(state, "bob", 1001, admin=True).status, RoomStatus.RESTING)

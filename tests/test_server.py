@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -10,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from ktvtwist.auth import OpenAuthority
+from ktvtwist.auth import Identity, ITokenAuthority, OpenAuthority
 from ktvtwist.catalog import MemoryCatalog
 from ktvtwist.errors import KTVError
 from ktvtwist.room import RoomRules, RoomState
@@ -58,6 +59,8 @@ def result(d: Deferred[Any]) -> Any:
 
 
 class ServerTestCase(SynchronousTestCase):
+    grace = 0.0
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(START)
@@ -67,8 +70,9 @@ class ServerTestCase(SynchronousTestCase):
             catalog=MemoryCatalog.sample(),
             authority=OpenAuthority(),
             clock=self.clock,
-            rules=RoomRules(ask_seconds=15, rest_seconds=30, max_members=4),
+            rules=RoomRules(ask_seconds=15, rest_seconds=30, max_members=4, reconnect_grace=self.grace),
             max_song_seconds=600,
+            max_rooms=3,
         )
 
     def connect(self) -> RecordingConnection:
@@ -179,7 +183,7 @@ class ConnectionTests(ServerTestCase):
         self.assertIsNotNone(self.server.binding(tv))
         self.assertEqual(bob.frames, [])
 
-    def test_connection_lost_leaves(self) -> None:
+    def test_connection_lost_without_grace_leaves(self) -> None:
         alice, bob = self.join("alice"), self.join("bob")
         self.queue("bob")
         self.server.connection_lost(bob)
@@ -344,3 +348,162 @@ class QueueSongTests(ServerTestCase):
         self.join("bob")
         self.assertEqual(self.queue("alice", duration="1").queue[0].duration, 1)
         self.assertEqual(self.queue("bob", duration=600).queue[1].duration, 600)
+
+
+@implementer(ITokenAuthority)
+class AdminAwareAuthority(OpenAuthority):
+    """Open mode, except that a token starting with ``admin:`` makes an admin."""
+
+    def identify(self, token: Any, claimed: Any) -> Identity:
+        identity = super().identify(token, claimed)
+        return dataclasses.replace(identity, admin=str(token).startswith("admin:"))
+
+
+class GraceTests(ServerTestCase):
+    grace = 30.0
+
+    def test_dropped_member_keeps_place_song_and_ask_until_grace_ends(self) -> None:
+        alice, bob = self.join("alice"), self.join("bob")
+        self.queue("alice")
+        self.queue("bob", sid="2")
+        self.clock.advance(2)
+        self.server.connection_lost(alice)
+        state = self.state()
+        assert state is not None
+        self.assertEqual([m.fullname for m in state.members], ["alice", "bob"])
+        self.assertEqual(bob.last["body"]["fullname"], "alice")
+        self.assertEqual(bob.last["body"]["count"], 2)
+        self.assertOneTimerAt(START + 15)
+        back = self.join("alice")
+        self.ask(back)
+        self.assertEqual(bob.last["body"]["status"], "1")
+        state = self.state()
+        assert state is not None
+        self.assertEqual(len(state.members), 2)
+        self.assertIsNone(state.members[0].away_until)
+
+    def test_singer_keeps_the_mic_through_a_drop(self) -> None:
+        alice, bob = self.join("alice"), self.join("bob")
+        self.queue("alice", duration="100")
+        self.ask(alice)
+        self.server.connection_lost(alice)
+        self.assertOneTimerAt(START + 30)
+        self.clock.advance(29.9)
+        self.assertEqual(bob.last["body"]["status"], "1")
+        self.clock.advance(0.1)
+        self.assertEqual(bob.last["body"]["status"], "3")
+        self.assertEqual(bob.last["body"]["count"], 1)
+        self.assertOneTimerAt(START + 30 + 30)
+
+    def test_asked_member_whose_grace_ends_passes_the_turn_at_once(self) -> None:
+        alice, bob = self.join("alice"), self.join("bob")
+        self.queue("bob", sid="2")
+        self.ask(bob)
+        self.queue("alice")
+        self.server.connection_lost(alice)
+        self.clock.advance(30)  # grace ends mid-song: alice leaves, her song goes
+        state = self.state()
+        assert state is not None
+        self.assertEqual(state.queue, ())
+        self.assertEqual([m.fullname for m in state.members], ["bob"])
+
+    def test_grace_end_of_the_last_member_deletes_the_room(self) -> None:
+        alice = self.join("alice")
+        self.server.connection_lost(alice)
+        self.assertOneTimerAt(START + 30)
+        self.clock.advance(30)
+        self.assertIsNone(self.state())
+        self.assertFalse(self.clock.calls)
+
+    def test_explicit_leave_lets_the_other_devices_go(self) -> None:
+        tv, phone = self.join("alice"), self.join("alice")
+        bob = self.join("bob")
+        result(Deferred.fromCoroutine(self.server.leave(phone)))
+        self.assertIsNone(self.server.binding(tv))
+        self.assertEqual(tv.last["body"]["count"], 1)
+        self.assertEqual(bob.last["body"]["count"], 1)
+
+
+class ActionTests(ServerTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.server.authority = AdminAwareAuthority()
+
+    def call(self, coro: Any) -> Any:
+        return result(Deferred.fromCoroutine(coro))
+
+    def join_admin(self, name: str = "boss") -> RecordingConnection:
+        conn = self.connect()
+        self.call(self.server.join(conn, "R1", f"admin:{name}", {"fullname": name}))
+        return conn
+
+    def test_sing_over_the_socket(self) -> None:
+        alice = self.join("alice")
+        state = self.call(self.server.sing(alice, 3, "180"))
+        self.assertEqual((state.on_mic.name, state.on_mic.duration), ("后来", 180))
+        self.assertRefused("already_queued", Deferred.fromCoroutine(self.server.sing(alice, "4", "100")))
+        self.assertRefused("bad_request", Deferred.fromCoroutine(self.server.sing(alice, "4", "0")))
+        self.assertRefused("song_not_found", Deferred.fromCoroutine(self.server.sing(alice, "404", "10")))
+
+    def test_del_own_song_and_nothing_to_delete(self) -> None:
+        alice, bob = self.join("alice"), self.join("bob")
+        self.queue("alice")
+        self.queue("bob")
+        state = self.call(self.server.dequeue(bob))
+        self.assertEqual([s.fullname for s in state.queue], ["alice"])
+        self.assertRefused("not_queued", Deferred.fromCoroutine(self.server.dequeue(bob)))
+        self.assertRefused("forbidden", Deferred.fromCoroutine(self.server.dequeue(bob, "alice")))
+
+    def test_admin_removes_any_song_cuts_any_song_and_kicks(self) -> None:
+        alice, bob = self.join("alice"), self.join("bob")
+        boss = self.join_admin()
+        self.queue("alice")
+        self.queue("bob")
+        self.call(self.server.dequeue(boss, "bob"))
+        self.ask(alice)
+        self.assertEqual(self.call(self.server.cut(boss)).status, 3)
+        state = self.call(self.server.kick(boss, "bob"))
+        self.assertEqual([m.fullname for m in state.members], ["alice", "boss"])
+        self.assertIsNone(self.server.binding(bob))
+        self.assertEqual(bob.last["body"]["count"], 2)
+        self.assertRefused("not_in_room", Deferred.fromCoroutine(self.server.status(bob)))
+        self.assertRefused("not_member", Deferred.fromCoroutine(self.server.kick(boss, "bob")))
+
+    def test_members_may_not_kick(self) -> None:
+        alice = self.join("alice")
+        self.join("bob")
+        self.assertRefused("forbidden", Deferred.fromCoroutine(self.server.kick(alice, "bob")))
+
+    def test_chat_history_newest_first_and_bounded(self) -> None:
+        alice, bob = self.join("alice"), self.join("bob")
+        for i in range(205):
+            self.call(self.server.chat(alice, f"line {i}"))
+        self.assertEqual(bob.last["type"], 2)
+        self.assertEqual(bob.last["body"]["content"], "line 204")
+        self.assertNotIn(b"tok-alice", bob.frames[-1].payload)
+        history = self.call(self.server.history(bob))
+        self.assertEqual(len(history), 200)
+        self.assertEqual((history[0]["content"], history[-1]["content"]), ("line 204", "line 5"))
+        self.assertRefused("bad_request", Deferred.fromCoroutine(self.server.chat(alice, "")))
+        self.assertRefused("too_large", Deferred.fromCoroutine(self.server.chat(alice, "x" * 5000)))
+
+    def test_device_is_relayed(self) -> None:
+        alice, bob = self.join("alice"), self.join("bob")
+        self.call(self.server.device(alice, "mic", 0))
+        self.assertEqual(
+            {k: bob.last["body"][k] for k in ("action", "fullname", "device", "value")},
+            {"action": "device", "fullname": "alice", "device": "mic", "value": 0},
+        )
+        self.assertRefused("bad_request", Deferred.fromCoroutine(self.server.device(alice, "mic", [1])))
+
+    def test_boardcast_over_the_size_limit_is_refused(self) -> None:
+        alice = self.join("alice")
+        self.assertRefused("too_large", Deferred.fromCoroutine(self.server.boardcast(alice, {"x": "y" * 4100})))
+
+    def test_rooms_per_process_are_capped(self) -> None:
+        for room in ("R1", "R2", "R3"):
+            self.join("alice", room=room)
+        conn = self.connect()
+        d = Deferred.fromCoroutine(self.server.join(conn, "R4", "tok-z", {"fullname": "z"}))
+        self.assertRefused("server_busy", d)
+        self.join("bob", room="R2")

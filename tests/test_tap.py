@@ -13,7 +13,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from ktvtwist.server import LocalRoom
-from ktvtwist.tap import DEFAULT_LISTEN, Options, ServerService, makeService
+from ktvtwist.tap import DEFAULT_LISTEN, Options, ServerService, exposure_problem, is_loopback_only, makeService
 
 
 class PluginTests(SynchronousTestCase):
@@ -71,7 +71,7 @@ class MakeServiceTests(SynchronousTestCase):
     def test_one_listener_per_address_and_timers_stop_with_the_service(self) -> None:
         reactor = MemoryReactorClock()
         options = Options()
-        options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--listen", "tcp:0"])
+        options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--listen", "tcp:0", "--insecure-open"])
         service = cast(MultiService, makeService(options, reactor=reactor))
         self.assertIsInstance(service, MultiService)
         children = list(service)
@@ -83,3 +83,47 @@ class MakeServiceTests(SynchronousTestCase):
         room.timer = reactor.callLater(10, lambda: None)
         service.stopService()
         self.assertFalse(reactor.getDelayedCalls())
+
+
+class ExposureTests(SynchronousTestCase):
+    def test_loopback_descriptions(self) -> None:
+        for description in (
+            "tcp:8888:interface=127.0.0.1",
+            "tcp:8888:interface=localhost",
+            "tcp6:8888:interface=\\:\\:1",
+            "tcp:8888:interface=127.0.0.2",
+            "unix:/run/ktv.sock",
+        ):
+            self.assertTrue(is_loopback_only(description), description)
+        for description in (
+            "tcp:8888",
+            "tcp:8888:interface=0.0.0.0",
+            "tcp:8888:interface=10.0.0.5",
+            "systemd:domain=INET:index=0",
+        ):
+            self.assertFalse(is_loopback_only(description), description)
+
+    def test_open_mode_refuses_a_public_address_in_one_line(self) -> None:
+        options = Options()
+        options.parseOptions(["--listen", "tcp:8888:interface=0.0.0.0"])
+        with self.assertRaises(SystemExit) as caught:
+            makeService(options, reactor=MemoryReactorClock())
+        message = str(caught.exception.code)
+        self.assertIn("--insecure-open", message)
+        self.assertNotIn("\n", message)
+
+    def test_insecure_open_or_loopback_starts(self) -> None:
+        for argv in (["--listen", "tcp:0", "--insecure-open"], ["--listen", "tcp:0:interface=127.0.0.1"]):
+            options = Options()
+            options.parseOptions(argv)
+            self.assertIsNone(exposure_problem(options))
+
+    def test_grace_and_room_options(self) -> None:
+        options = Options()
+        options.parseOptions(["--reconnect-grace", "0", "--max-rooms", "5", "--max-message-bytes", "100"])
+        service = cast(MultiService, makeService(options, reactor=MemoryReactorClock()))
+        [server_service] = [c for c in service if isinstance(c, ServerService)]
+        server = server_service.server
+        self.assertEqual(server.rules.reconnect_grace, 0)
+        self.assertEqual((server.max_rooms, server.max_message_bytes), (5, 100))
+        self.assertRaises(usage.UsageError, Options().parseOptions, ["--reconnect-grace", "-1"])

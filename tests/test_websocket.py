@@ -71,7 +71,7 @@ class WebSocketTestCase(SynchronousTestCase):
             catalog=MemoryCatalog.sample(),
             authority=OpenAuthority(),
             clock=self.clock,
-            rules=RoomRules(ask_seconds=15, rest_seconds=30, max_members=2),
+            rules=RoomRules(ask_seconds=15, rest_seconds=30, max_members=2, reconnect_grace=0),
         )
         self.factory = KTVWebSocketFactory(self.server, language=self.language, reactor=self.clock)
         self.pumps: list[iosim.IOPump] = []
@@ -277,7 +277,7 @@ class ActionTests(WebSocketTestCase):
         self.assertError(reply, "already_in_room")
         self.assertEqual(reply["message"], "你已在房间中")
 
-    def test_closing_the_socket_leaves(self) -> None:
+    def test_closing_the_socket_without_grace_leaves(self) -> None:
         alice = self.join("alice")
         bob = self.join("bob")
         bob.sendClose()

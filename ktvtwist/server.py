@@ -193,6 +193,7 @@ class KTVServer:
 
         The member's other connections are let go too (they get the push).
         """
+        self._require_binding(conn)
         binding, _ = self._unbind(conn)
         fullname = binding.identity.fullname
         now = self.now()

@@ -148,6 +148,7 @@ class PushTests(ServerTestCase):
         conn = self.connect()
         self.assertRefused("not_in_room", Deferred.fromCoroutine(self.server.status(conn)))
         self.assertRefused("not_in_room", Deferred.fromCoroutine(self.server.cut(conn)))
+        self.assertRefused("not_in_room", Deferred.fromCoroutine(self.server.leave(conn)))
 
     def test_join_twice_on_one_connection_refused(self) -> None:
         alice = self.join("alice")

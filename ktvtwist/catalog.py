@@ -47,8 +47,9 @@ def parse_catalog(data: Any) -> list[CatalogSong]:
         if not isinstance(entry, dict):
             raise CatalogError(f"entry {index} is not an object")
         sid = entry.get("sid")
-        if isinstance(sid, bool) or not isinstance(sid, (str, int)) or str(sid) == "":
-            raise CatalogError(f"entry {index}: 'sid' must be a non-empty string or an integer")
+        if isinstance(sid, bool) or not isinstance(sid, (str, int)) or str(sid) in ("", "0"):
+            # "0" is the room body's "no song".
+            raise CatalogError(f"entry {index}: 'sid' must be a non-empty string or an integer other than 0")
         songs.append(
             CatalogSong(
                 sid=str(sid),

@@ -121,26 +121,28 @@ class KTVServer:
             raise errors.not_in_room()
         return binding
 
-    def _update(
-        self, room_id: str, change: Callable[[RoomState], RoomState | None], origin: str | None
-    ) -> Deferred[RoomState | None]:
-        """Apply ``change`` to an existing room (a missing room is ``not_in_room``)."""
+    async def _change(self, conn: IConnection, change: Callable[[RoomState, Binding, float], RoomState]) -> RoomState:
+        """Apply a member's action to their room."""
+        binding = self._require_binding(conn)
+        return await self._apply(binding.room, lambda s: change(s, binding, self.now()), conn.connection_id)
+
+    async def _apply(self, room_id: str, change: Callable[[RoomState], RoomState], origin: str | None) -> RoomState:
+        """Apply ``change`` to an existing room, deleting the room when nobody is left in it.
+
+        Returns the changed state even when the room was deleted, so that the
+        last member to leave is answered with the room as they left it.
+        """
+        outcome: list[RoomState] = []
 
         def checked(state: RoomState | None) -> RoomState | None:
             if state is None:
                 raise errors.not_in_room()
-            return change(state)
+            changed = change(state)
+            outcome[:] = [changed]
+            return changed if changed.members else None
 
-        return self.store.update(room_id, checked, origin)
-
-    async def _change(
-        self, conn: IConnection, change: Callable[[RoomState, Binding, float], RoomState | None]
-    ) -> RoomState:
-        """Apply a member's action to their room; a deleted room is answered as empty."""
-        binding = self._require_binding(conn)
-        now = self.now()
-        state = await self._update(binding.room, lambda s: change(s, binding, now), conn.connection_id)
-        return state if state is not None else self.rules.create(binding.room, now)
+        stored = await self.store.update(room_id, checked, origin)
+        return stored if stored is not None else outcome[-1]
 
     def _check_size(self, what: str, value: Any) -> None:
         size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
@@ -196,16 +198,13 @@ class KTVServer:
         self._require_binding(conn)
         binding, _ = self._unbind(conn)
         fullname = binding.identity.fullname
-        now = self.now()
 
-        def depart(state: RoomState | None) -> RoomState | None:
-            if state is None or state.member(fullname) is None:
+        def depart(state: RoomState) -> RoomState:
+            if state.member(fullname) is None:
                 return state
-            left = self.rules.leave(state, fullname, now)
-            return left if left.members else None
+            return self.rules.leave(state, fullname, self.now())
 
-        state = await self.store.update(binding.room, depart, conn.connection_id)
-        return state if state is not None else self.rules.create(binding.room, now)
+        return await self._apply(binding.room, depart, conn.connection_id)
 
     def connection_lost(self, conn: IConnection) -> None:
         """A connection closed without ``leave``.
@@ -270,11 +269,10 @@ class KTVServer:
             raise errors.forbidden()
         fullname = wire.require_text(target, "fullname")
 
-        def remove(state: RoomState, b: Binding, now: float) -> RoomState | None:
+        def remove(state: RoomState, b: Binding, now: float) -> RoomState:
             if state.member(fullname) is None:
                 raise errors.not_member()
-            left = self.rules.leave(state, fullname, now)
-            return left if left.members else None
+            return self.rules.leave(state, fullname, now)
 
         return await self._change(conn, remove)
 

@@ -508,3 +508,14 @@ class ActionTests(ServerTestCase):
         d = Deferred.fromCoroutine(self.server.join(conn, "R4", "tok-z", {"fullname": "z"}))
         self.assertRefused("server_busy", d)
         self.join("bob", room="R2")
+
+
+class LastMemberTests(ServerTestCase):
+    def test_last_member_leaving_is_answered_with_the_room_as_they_left_it(self) -> None:
+        alice = self.join("alice")
+        before = self.state()
+        assert before is not None
+        left = result(Deferred.fromCoroutine(self.server.leave(alice)))
+        self.assertEqual(left.members, ())
+        self.assertEqual(left.version, before.version + 1)
+        self.assertIsNone(self.state())

@@ -192,16 +192,3 @@ def unsent_bytes(fd: FileDescriptor) -> int:
     from ``offset`` on.  Three attribute reads: cheap enough for every push.
     """
     return len(fd.dataBuffer) - fd.offset + fd._tempDataLen
-
-
-def stalled_bytes(fd: FileDescriptor) -> int:
-    """:func:`unsent_bytes` if the socket refused some of what it was last offered, else 0.
-
-    Writes made since the reactor last found the socket writable wait in
-    ``_tempDataBuffer`` however fast the peer reads, so a burst of frames to
-    a healthy client can briefly exceed any bound.  ``dataBuffer`` holds what
-    ``doWrite`` offered the kernel; anything left of it past ``offset`` was
-    refused: the peer is not keeping up, and everything unsent counts.
-    """
-    refused = len(fd.dataBuffer) - fd.offset
-    return refused + fd._tempDataLen if refused else 0

@@ -33,9 +33,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ktvtwist import errors, wire
+from ktvtwist import __version__, errors, wire
 from ktvtwist.errors import KTVError, Language
-from ktvtwist.limits import DEFAULT_BURST, DEFAULT_RATE, OriginPolicy, TokenBucket, send_buffer_of, stalled_bytes
+from ktvtwist.limits import DEFAULT_BURST, DEFAULT_RATE, OriginPolicy, TokenBucket, send_buffer_of, unsent_bytes
 from ktvtwist.room import RoomState
 from ktvtwist.server import IConnection, KTVServer
 
@@ -66,6 +66,11 @@ class KTVServerProtocol(WebSocketServerProtocol):
 
     # -- connection lifecycle ---------------------------------------------
 
+    @property
+    def ktv(self) -> KTVServer:
+        """The room server this connection belongs to."""
+        return self.factory.room_server
+
     def connectionMade(self) -> None:
         super().connectionMade()
         # Autobahn's tcpNoDelay option never reaches the socket when the
@@ -86,7 +91,7 @@ class KTVServerProtocol(WebSocketServerProtocol):
         # Over the cap, Autobahn's maxConnections has already answered 503.
         if not self.factory.origins.allows(request.origin):
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
-        self.connection_id = self.factory.server.new_connection_id()
+        self.connection_id = self.ktv.new_connection_id()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         # Autobahn leaves its closing-handshake timer running when the
@@ -98,7 +103,7 @@ class KTVServerProtocol(WebSocketServerProtocol):
             self._abort_call.cancel()
             self._abort_call = None
         try:
-            self.factory.server.connection_lost(self)
+            self.ktv.connection_lost(self)
         except Exception:
             self._log.failure("cleaning up a closed connection")
 
@@ -147,7 +152,7 @@ class KTVServerProtocol(WebSocketServerProtocol):
         """The ``caller_action`` and ``caller_fullname`` for a reply to ``request``."""
         if isinstance(request, str):
             return request, ""
-        binding = self.factory.server.binding(self)
+        binding = self.ktv.binding(self)
         fullname = binding.identity.fullname if binding else request.claimed_fullname[:64]
         return request.action[:64], fullname
 
@@ -167,7 +172,8 @@ class KTVServerProtocol(WebSocketServerProtocol):
         if self._refusals.take():
             self._send_error(errors.rate_limited(), "")
             return
-        self._log.info("closing {peer}: still flooding after being rate limited", peer=self.peer)
+        # Autobahn logs the drop with this reason.
+        self.wasNotCleanReason = f"still flooding after {self.factory.max_refused} frames were refused"
         self._close_for_policy("rate limit exceeded")
 
     def _close_for_policy(self, reason: str) -> None:
@@ -180,7 +186,7 @@ class KTVServerProtocol(WebSocketServerProtocol):
         """
         self.sendCloseFrame(code=CLOSE_POLICY_VIOLATION, reasonUtf8=reason.encode("utf-8"), isReply=False)
         self.dropConnection(abort=False)
-        self._abort_call = self.factory.clock.callLater(self.closeHandshakeTimeout or 1, self._abort)
+        self._abort_call = self.factory.clock.callLater(self.factory.closeHandshakeTimeout or 1, self._abort)
 
     def _abort(self) -> None:
         self._abort_call = None
@@ -190,28 +196,24 @@ class KTVServerProtocol(WebSocketServerProtocol):
     def _check_send_buffer(self) -> None:
         """Drop the connection if the client has left too much unread.
 
-        Counted only while the socket is refusing data (see
-        :func:`~ktvtwist.limits.stalled_bytes`): frames queued in one reactor
-        turn for a client that reads do not count against it.
+        What was written in this reactor turn counts too (the socket has not
+        been tried yet), so ``max_send_buffer`` should be many times the
+        largest frame.
         """
         buffer = self._send_buffer
         if buffer is None:
             return
-        unsent = stalled_bytes(buffer)
+        unsent = unsent_bytes(buffer)
         if unsent > self.factory.max_send_buffer:
-            self._log.info(
-                "dropping {peer}: {unsent} bytes unsent (limit {limit})",
-                peer=self.peer,
-                unsent=unsent,
-                limit=self.factory.max_send_buffer,
-            )
+            # Autobahn logs the drop with this reason.
             self.wasClean = False
-            self.wasNotCleanReason = "the client did not read what it was sent"
+            limit = self.factory.max_send_buffer
+            self.wasNotCleanReason = f"the client did not read what it was sent: {unsent} bytes unsent (limit {limit})"
             self.dropConnection(abort=True)
 
     def _send_error(self, error: KTVError, request: wire.Request | str) -> None:
         action, fullname = self._caller(request)
-        message = wire.error_envelope(error, self.factory.server.now(), self.factory.language, action, fullname)
+        message = wire.error_envelope(error, self.ktv.now(), self.factory.language, action, fullname)
         self._send_payload(wire.encode(message))
 
     def _send_failure(self, failure: Failure, request: wire.Request) -> None:
@@ -223,7 +225,7 @@ class KTVServerProtocol(WebSocketServerProtocol):
 
     def _room_reply(self, state: RoomState, request: wire.Request, fresh: bool = False) -> bytes:
         """The room as a reply: the push frame of this version, plus the caller fields."""
-        server = self.factory.server
+        server = self.ktv
         if fresh:
             now = server.now()
             payload = wire.encode(wire.envelope(wire.room_body(state, now), now))
@@ -239,60 +241,60 @@ class KTVServerProtocol(WebSocketServerProtocol):
             "nick": request.get("nick"),
             "avatar": request.get("avatar"),
         }
-        state = await self.factory.server.join(self, request.raw.get("room"), request.raw.get("token"), claimed)
+        state = await self.ktv.join(self, request.raw.get("room"), request.raw.get("token"), claimed)
         return self._room_reply(state, request)
 
     async def handle_status(self, request: wire.Request) -> bytes:
-        state = await self.factory.server.status(self)
+        state = await self.ktv.status(self)
         return self._room_reply(state, request, fresh=True)
 
     async def handle_ask(self, request: wire.Request) -> bytes:
         accept = wire.parse_ack(request.get("ack"))
-        state = await self.factory.server.ask(self, accept)
+        state = await self.ktv.ask(self, accept)
         return self._room_reply(state, request)
 
     async def handle_cut(self, request: wire.Request) -> bytes:
-        state = await self.factory.server.cut(self)
+        state = await self.ktv.cut(self)
         return self._room_reply(state, request)
 
     async def handle_boardcast(self, request: wire.Request) -> bytes:
-        message = await self.factory.server.boardcast(self, request.body)
+        message = await self.ktv.boardcast(self, request.body)
         return self._message_reply(message, request)
 
     async def handle_leave(self, request: wire.Request) -> bytes:
         caller = self._caller(request)
-        state = await self.factory.server.leave(self)
-        return wire.reply_payload(self.factory.server.room_frame(state).payload, *caller)
+        state = await self.ktv.leave(self)
+        return wire.reply_payload(self.ktv.room_frame(state).payload, *caller)
 
     async def handle_reconnect(self, request: wire.Request) -> bytes:
         """The old clients' way back after a dropped connection: a join that keeps one's place."""
         return await self.handle_join(request)
 
     async def handle_del(self, request: wire.Request) -> bytes:
-        state = await self.factory.server.dequeue(self, _target(request))
+        state = await self.ktv.dequeue(self, _target(request))
         return self._room_reply(state, request)
 
     async def handle_kick(self, request: wire.Request) -> bytes:
-        state = await self.factory.server.kick(self, _target(request))
+        state = await self.ktv.kick(self, _target(request))
         return self._room_reply(state, request)
 
     async def handle_sing(self, request: wire.Request) -> bytes:
-        state = await self.factory.server.sing(self, request.get("sid"), request.get("duration"))
+        state = await self.ktv.sing(self, request.get("sid"), request.get("duration"))
         return self._room_reply(state, request)
 
     def _message_reply(self, body: Any, request: wire.Request) -> bytes:
-        envelope = wire.envelope(body, self.factory.server.now(), kind=wire.TYPE_MESSAGE)
+        envelope = wire.envelope(body, self.ktv.now(), kind=wire.TYPE_MESSAGE)
         return wire.encode(wire.as_reply(envelope, *self._caller(request)))
 
     async def handle_chat(self, request: wire.Request) -> bytes:
-        message = await self.factory.server.chat(self, request.get("content"))
+        message = await self.ktv.chat(self, request.get("content"))
         return self._message_reply(message, request)
 
     async def handle_history(self, request: wire.Request) -> bytes:
-        return self._message_reply(await self.factory.server.history(self), request)
+        return self._message_reply(await self.ktv.history(self), request)
 
     async def handle_device(self, request: wire.Request) -> bytes:
-        message = await self.factory.server.device(self, request.get("device"), request.get("value"))
+        message = await self.ktv.device(self, request.get("device"), request.get("value"))
         return self._message_reply(message, request)
 
     async def handle_heart(self, request: wire.Request) -> bytes:
@@ -348,8 +350,9 @@ class KTVWebSocketFactory(WebSocketServerFactory):
         open_handshake_timeout: float = OPEN_HANDSHAKE_TIMEOUT,
         **options: Any,
     ) -> None:
-        super().__init__(reactor=reactor)
-        self.server = server
+        super().__init__(reactor=reactor, server=f"ktvtwist/{__version__}")
+        # Not ``self.server``: Autobahn sends that as the Server header.
+        self.room_server = server
         self.language = language
         self.clock: IReactorTime = self.reactor
         TokenBucket(rate, burst, self.clock)  # checks rate and burst

@@ -145,6 +145,6 @@ class HTTPAPI:
 
     @app.handle_errors(Exception)
     def unexpected(self, request: IRequest, failure: Failure) -> bytes:
-        self._log.failure("handling {uri}", failure, uri=request.uri)
+        self._log.failure("handling {path}", failure, path=request.path)
         error = errors.internal_error()
         return _api_response(request, error.kind.api_status, error.message(self.language), 500, code=error.code)

@@ -18,7 +18,8 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Callable, cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -289,9 +290,7 @@ class Client:
             what = "any frame" if predicate is None else repr(predicate)
             d.errback(
                 Failure(
-                    unittest.FailTest(
-                        f"{self.name}: no {what} within {timeout}s; unclaimed frames: {self.frames!r}"
-                    )
+                    unittest.FailTest(f"{self.name}: no {what} within {timeout}s; unclaimed frames: {self.frames!r}")
                 )
             )
 

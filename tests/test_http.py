@@ -9,6 +9,7 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
 from ktvtwist.auth import OpenAuthority
@@ -18,7 +19,7 @@ from ktvtwist.http import HTTPAPI
 from ktvtwist.room import RoomRules
 from ktvtwist.server import IConnection, KTVServer
 from ktvtwist.store import MemoryRoomStore
-from ktvtwist.web import KTVRoot
+from ktvtwist.web import KTVRoot, redacted_log_formatter
 from ktvtwist.wire import Frame
 
 URL = "http://localhost:8888/api/v2/singer/create"
@@ -165,3 +166,17 @@ class RootResourceTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(plain.content()), b"http")
         upgrade = self.successResultOf(treq.get("http://localhost/any/path", headers={"Upgrade": "WebSocket"}))
         self.assertEqual(self.successResultOf(upgrade.content()), b"ws")
+
+
+class AccessLogTests(SynchronousTestCase):
+    def test_query_strings_and_referers_are_redacted(self) -> None:
+        request: Any = DummyRequest([b"api"])
+        request.uri = b"/api/v2/singer/create?token=s3cret&room=R1"
+        request.method = b"POST"
+        request.code = 200
+        request.sentLength = 10
+        request.clientproto = b"HTTP/1.1"
+        request.requestHeaders.setRawHeaders(b"referer", [b"http://app/x?token=s3cret"])
+        line = redacted_log_formatter("[now]", request)
+        self.assertNotIn("s3cret", line)
+        self.assertIn("/api/v2/singer/create?...", line)

@@ -447,7 +447,8 @@ class ActionTests(ServerTestCase):
         self.assertRefused("song_not_found", Deferred.fromCoroutine(self.server.sing(alice, "404", "10")))
 
     def test_del_own_song_and_nothing_to_delete(self) -> None:
-        alice, bob = self.join("alice"), self.join("bob")
+        self.join("alice")
+        bob = self.join("bob")
         self.queue("alice")
         self.queue("bob")
         state = self.call(self.server.dequeue(bob))

@@ -46,6 +46,7 @@ NOT_QUEUED = ErrorKind("not_queued", 7, 404)
 FORBIDDEN = ErrorKind("forbidden", 2, 403)
 TOO_LARGE = ErrorKind("too_large", 4, 413)
 SERVER_BUSY = ErrorKind("server_busy", 5, 503)
+UNAVAILABLE = ErrorKind("unavailable", 5, 503)
 INTERNAL_ERROR = ErrorKind("internal_error", 5, 500)
 
 
@@ -155,6 +156,14 @@ def too_large(what: str, limit: int) -> KTVError:
 
 def too_many_rooms() -> KTVError:
     return KTVError(SERVER_BUSY, "服务器繁忙,无法创建新房间", "this server cannot open more rooms now")
+
+
+def unavailable() -> KTVError:
+    return KTVError(UNAVAILABLE, "服务暂时不可用,请稍后重试", "the room store is unavailable; try again shortly")
+
+
+def server_busy() -> KTVError:
+    return KTVError(SERVER_BUSY, "服务器繁忙,请稍后重试", "the room is too busy; try again")
 
 
 def internal_error() -> KTVError:

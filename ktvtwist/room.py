@@ -219,6 +219,13 @@ class RoomRules:
             return self._ask_next(dataclasses.replace(state, members=members), now, queue)
         return self._changed(state, members=members, queue=queue)
 
+    def disconnect_node(self, state: RoomState, node: str, now: float) -> RoomState:
+        """A node is gone (stopped or dead): its members' connections through it are gone."""
+        for m in state.members:
+            if node in m.nodes:
+                state = self.disconnect(state, m.fullname, node, now)
+        return state
+
     def queue_song(self, state: RoomState, song: Song, now: float) -> RoomState:
         """Put a member's song at the back of the queue; an idle room asks at once."""
         if state.member(song.fullname) is None:

@@ -20,10 +20,12 @@ import itertools
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
@@ -31,10 +33,13 @@ from ktvtwist import errors, wire
 from ktvtwist.auth import Identity, ITokenAuthority
 from ktvtwist.catalog import CatalogSong, ICatalog
 from ktvtwist.room import RoomRules, RoomState, Song
-from ktvtwist.store import IRoomListener, IRoomStore
+from ktvtwist.store import IRoomListener, IRoomStore, ISharedRoomStore
 from ktvtwist.wire import Frame
 
 MAX_ROOM_ID_LENGTH = 64
+# The sweep leaves rooms that came due this long ago to the nodes whose timers
+# are armed for them; it is for rooms nobody keeps time for.
+SWEEP_SLACK = 0.25
 HISTORY_LENGTH = 200
 
 
@@ -91,6 +96,8 @@ class KTVServer:
         max_rooms: int = 10000,
         max_message_bytes: int = 4096,
         node_id: str = "local",
+        node_ttl: float = 10.0,
+        sweep_interval: float = 1.0,
     ) -> None:
         self.store = store
         self.catalog = catalog
@@ -101,6 +108,11 @@ class KTVServer:
         self.max_rooms = max_rooms
         self.max_message_bytes = max_message_bytes
         self.node_id = node_id
+        self.node_ttl = node_ttl
+        self.sweep_interval = sweep_interval
+        self.shared: ISharedRoomStore | None = ISharedRoomStore(store, None)
+        self._upkeep: LoopingCall | None = None
+        self._stopping = False
         self.rooms: dict[str, LocalRoom] = {}
         self._bindings: dict[IConnection, Binding] = {}
         self._ids = itertools.count(1)
@@ -160,7 +172,7 @@ class KTVServer:
         if conn in self._bindings:
             raise errors.already_in_room()
         room_id = wire.require_text(room, "room", MAX_ROOM_ID_LENGTH)
-        identity = self.authority.identify(token, claimed)
+        identity: Identity = await maybeDeferred(self.authority.identify, token, claimed)
         if room_id not in self.rooms and len(self.rooms) >= self.max_rooms:
             raise errors.too_many_rooms()
         member = identity.as_member()
@@ -169,12 +181,32 @@ class KTVServer:
         def enter(state: RoomState | None) -> RoomState:
             return self.rules.join(state or self.rules.create(room_id, now), member, self.node_id)
 
-        state = await self.store.update(room_id, enter, conn.connection_id)
+        # Watch before changing, so that no change after ours is missed.
+        local = self.rooms.setdefault(room_id, LocalRoom(room_id))
+        try:
+            await self.store.watch(room_id)
+            if self.shared is not None:
+                await self.shared.remember_room(self.node_id, room_id)
+            state = await self.store.update(room_id, enter, conn.connection_id)
+        except BaseException:
+            self._release_if_unused(local)
+            raise
         assert state is not None
         self._bindings[conn] = Binding(room_id, identity)
-        local = self.rooms.setdefault(room_id, LocalRoom(room_id))
         local.connections.setdefault(identity.fullname, set()).add(conn)
         return state
+
+    def _release_if_unused(self, local: LocalRoom) -> None:
+        """With a shared store, a room without members on this node is not this node's to watch.
+
+        Other nodes (or the store's sweep) keep its time.  With the in-memory
+        store every room stays until it is deleted.
+        """
+        if self.shared is None or local.connections or self.rooms.get(local.room) is not local:
+            return
+        local.cancel_timer()
+        del self.rooms[local.room]
+        self.store.unwatch(local.room)
 
     def _unbind(self, conn: IConnection) -> tuple[Binding, bool]:
         """Forget a connection; also says whether it was its member's last one here."""
@@ -188,6 +220,7 @@ class KTVServer:
         if conns:
             return binding, False
         local.connections.pop(fullname, None)
+        self._release_if_unused(local)
         return binding, True
 
     async def leave(self, conn: IConnection) -> RoomState:
@@ -215,7 +248,7 @@ class KTVServer:
         if conn not in self._bindings:
             return
         binding, last = self._unbind(conn)
-        if not last:
+        if not last or self._stopping:
             return
         fullname = binding.identity.fullname
         now = self.now()
@@ -291,7 +324,7 @@ class KTVServer:
         state = await self.store.get(room_id)
         if state is None:
             raise errors.room_not_found()
-        identity = self.authority.resolve(token, state)
+        identity: Identity = await maybeDeferred(self.authority.resolve, token, state)
         return await self._queue(room_id, identity, sid, duration, None)
 
     async def _queue(self, room_id: str, identity: Identity, sid: Any, duration: Any, origin: str | None) -> RoomState:
@@ -392,16 +425,20 @@ class KTVServer:
 
     def room_changed(self, room_id: str, state: RoomState | None, origin: str | None) -> None:
         local = self.rooms.get(room_id)
-        if state is None:
-            if local is not None:
-                local.cancel_timer()
-                del self.rooms[room_id]
-                self._let_go(local, set())
-            return
         if local is None:
-            local = self.rooms[room_id] = LocalRoom(room_id)
+            return  # not a room of this node (any more)
+        if state is None:
+            local.cancel_timer()
+            del self.rooms[room_id]
+            self.store.unwatch(room_id)
+            self._let_go(local, set())
+            return
         if state.version <= local.version:
             return
+        self._show(local, state, origin)
+
+    def _show(self, local: LocalRoom, state: RoomState, origin: str | None) -> None:
+        """Take ``state`` as the room's: re-arm its timer, push it, let go of those who left."""
         local.version = state.version
         local.frame = None
         self._arm(local, state)
@@ -414,6 +451,7 @@ class KTVServer:
         for fullname in [name for name in local.connections if name not in members]:
             for conn in local.connections.pop(fullname):
                 self._bindings.pop(conn, None)
+        self._release_if_unused(local)
 
     def room_message(self, room_id: str, message: dict[str, Any], origin: str | None) -> None:
         local = self.rooms.get(room_id)
@@ -447,6 +485,90 @@ class KTVServer:
         d.addErrback(lambda f: self._log.failure("moving room {room} on", f, room=room_id))
 
     def stop(self) -> None:
-        """Cancel every timer (service shutdown)."""
+        """Cancel every timer."""
         for local in self.rooms.values():
             local.cancel_timer()
+
+    # -- a shared store: sweeps, heartbeats, catching up ---------------------------
+
+    def start(self) -> None:
+        """Begin this node's share of the upkeep of a shared store's rooms."""
+        if self.shared is None:
+            return
+        self.shared.on_resubscribed = self.refresh
+        self._upkeep = LoopingCall(self._maintain)
+        self._upkeep.clock = self.clock
+        self._upkeep.start(self.sweep_interval, now=True).addErrback(
+            lambda f: self._log.failure("room upkeep stopped", f)
+        )
+
+    async def shutdown(self) -> None:
+        """Stop: with a shared store, this node's members keep their places for the grace.
+
+        Their connections are about to close; marking them away now (instead
+        of waiting for other nodes to notice this one is gone) starts their
+        grace at once, so a rolling restart costs nobody their turn.
+        """
+        self._stopping = True
+        if self._upkeep is not None and self._upkeep.running:
+            self._upkeep.stop()
+        self.stop()
+        if self.shared is None:
+            return
+        now = self.now()
+        for room_id in list(self.rooms):
+            try:
+                await self.store.update(room_id, partial(self._node_gone, node=self.node_id, now=now), None)
+            except Exception:
+                self._log.failure("handing over room {room}", room=room_id)
+        try:
+            await self.shared.node_left(self.node_id)
+        except Exception:
+            self._log.failure("leaving the node list")
+
+    def _node_gone(self, state: RoomState | None, node: str, now: float) -> RoomState | None:
+        if state is None:
+            return None
+        after = self.rules.disconnect_node(state, node, now)
+        return after if after.members else None
+
+    async def _maintain(self) -> None:
+        """Once a sweep interval: heartbeat, fire overdue rooms, reap dead nodes' members."""
+        shared = self.shared
+        assert shared is not None
+        now = self.now()
+        try:
+            await shared.heartbeat(self.node_id, now + self.node_ttl)
+            for room_id in await shared.overdue_rooms(now - SWEEP_SLACK):
+                await self.store.update(room_id, partial(self._overdue, now=now), None)
+            for node, rooms in await shared.claim_dead_nodes(now):
+                self._log.warn("node {node} is gone; its members are away", node=node)
+                for room_id in rooms:
+                    await self.store.update(room_id, partial(self._node_gone, node=node, now=now), None)
+        except errors.KTVError as e:
+            if e.kind is not errors.UNAVAILABLE:
+                self._log.failure("room upkeep")
+        except Exception:
+            self._log.failure("room upkeep")
+
+    def _overdue(self, state: RoomState | None, now: float) -> RoomState | None:
+        if state is None:
+            return None
+        moved = self.rules.expire(state, state.version, now)
+        return moved if moved.members else None
+
+    def refresh(self) -> None:
+        """Catch up on every watched room (after the store reconnected and may have missed changes)."""
+        for room_id in list(self.rooms):
+            d = self.store.get(room_id)
+            d.addCallback(self._refreshed, room_id)
+            d.addErrback(lambda f: self._log.failure("catching up", f))
+
+    def _refreshed(self, state: RoomState | None, room_id: str) -> None:
+        local = self.rooms.get(room_id)
+        if local is None:
+            return
+        if state is None:
+            self.room_changed(room_id, None, None)
+        elif state.version != local.version:
+            self._show(local, state, None)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from ktvtwist.room import RoomState
 
@@ -34,6 +34,12 @@ class IRoomListener(Interface):
 
 
 class IRoomStore(Interface):
+    def watch(room_id: str) -> Deferred[None]:
+        """Deliver the room's changes and messages to the listeners from now on."""
+
+    def unwatch(room_id: str) -> None:
+        """Stop delivering the room's changes (no member of this node is in it)."""
+
     def get(room_id: str) -> Deferred[RoomState | None]:
         """The room's current state, or None if there is no such room."""
 
@@ -64,7 +70,8 @@ class MemoryRoomStore:
     """Rooms in a dict of one process: the embedded default.
 
     Changes are applied and announced synchronously, so listeners hear of a
-    change before the caller's Deferred fires.
+    change before the caller's Deferred fires.  Every room is this node's, so
+    watching is a no-op.
     """
 
     def __init__(self) -> None:
@@ -77,6 +84,12 @@ class MemoryRoomStore:
 
     def get(self, room_id: str) -> Deferred[RoomState | None]:
         return succeed(self._rooms.get(room_id))
+
+    def watch(self, room_id: str) -> Deferred[None]:
+        return succeed(None)
+
+    def unwatch(self, room_id: str) -> None:
+        pass
 
     def update(self, room_id: str, change: Change, origin: str | None) -> Deferred[RoomState | None]:
         old = self._rooms.get(room_id)
@@ -112,3 +125,29 @@ class MemoryRoomStore:
 
     def history(self, room_id: str) -> Deferred[list[dict[str, Any]]]:
         return succeed(list(self._history.get(room_id, ())))
+
+
+class ISharedRoomStore(IRoomStore):
+    """A store that several nodes share (Redis).
+
+    A node then watches only the rooms its members are in; the nodes keep
+    time for all rooms together through the store's due index (the sweep),
+    and notice each other's death through heartbeats.
+    """
+
+    on_resubscribed = Attribute("Called with no arguments after the store reconnected (changes may have been missed).")
+
+    def remember_room(node_id: str, room_id: str) -> Deferred[Any]:
+        """Note that ``node_id`` has members in ``room_id`` (for when it dies)."""
+
+    def heartbeat(node_id: str, expires: float) -> Deferred[Any]:
+        """``node_id`` is alive until ``expires``."""
+
+    def node_left(node_id: str) -> Deferred[Any]:
+        """``node_id`` stopped cleanly."""
+
+    def overdue_rooms(before: float) -> Deferred[list[str]]:
+        """Rooms whose deadline came before ``before``."""
+
+    def claim_dead_nodes(now: float) -> Deferred[list[tuple[str, list[str]]]]:
+        """Nodes whose heartbeat expired, each with its rooms; every dead node is claimed once."""

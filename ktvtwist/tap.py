@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -18,9 +19,10 @@ from ktvtwist.catalog import CatalogError, MemoryCatalog
 from ktvtwist.errors import Language
 from ktvtwist.http import HTTPAPI
 from ktvtwist.limits import OriginPolicy
+from ktvtwist.redis_store import RedisAddress, RedisRoomStore, new_node_id
 from ktvtwist.room import RoomRules
 from ktvtwist.server import KTVServer
-from ktvtwist.store import MemoryRoomStore
+from ktvtwist.store import IRoomStore, MemoryRoomStore
 from ktvtwist.web import make_site
 from ktvtwist.websocket import KTVWebSocketFactory
 
@@ -126,6 +128,23 @@ class Options(usage.Options):
             _positive_int,
         ],
         ["max-message-bytes", None, 4096, "Largest boardcast body or chat line, in bytes.", _positive_int],
+        ["redis", None, None, "Keep rooms in Redis, shared with other nodes: redis://[:password@]host[:port][/db]."],
+        ["redis-prefix", None, "ktv:", "Prefix of every Redis key and channel."],
+        [
+            "redis-timeout",
+            None,
+            2.0,
+            "Seconds to wait for a Redis reply before answering 'unavailable'.",
+            _positive_seconds,
+        ],
+        ["node-id", None, None, "This node's name among those sharing Redis (default: random per process)."],
+        [
+            "node-ttl",
+            None,
+            10.0,
+            "Seconds after its last heartbeat that a silent node counts as dead.",
+            _positive_seconds,
+        ],
         ["catalog", None, None, "Path of a JSON song catalog (default: the sample shipped with ktvtwist)."],
         ["max-members", None, 12, "Members per room; a join beyond it is refused.", _positive_int],
         ["max-song-seconds", None, 3600, "Longest accepted song duration, in seconds.", _positive_int],
@@ -153,6 +172,12 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
+        self["redis_address"] = None
+        if self["redis"]:
+            try:
+                self["redis_address"] = RedisAddress.parse(self["redis"])
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
         if self["catalog"]:
             try:
                 self["catalog_songs"] = MemoryCatalog.from_file(self["catalog"])
@@ -177,20 +202,29 @@ class ServerService(Service):
 
     _log = Logger()
 
-    def __init__(self, server: KTVServer) -> None:
+    def __init__(self, server: KTVServer, redis: RedisRoomStore | None = None) -> None:
         self.server = server
+        self.redis = redis
 
     def startService(self) -> None:
         super().startService()
+        if self.redis is not None:
+            self.redis.start()
+        self.server.start()
         if self.server.authority.open:
             self._log.warn(
                 "Auth is open: any non-empty token is accepted and members are who their frames say. "
                 "Use it only for local development."
             )
 
+    async def _stop(self) -> None:
+        await self.server.shutdown()
+        if self.redis is not None:
+            await self.redis.stop()
+
     def stopService(self) -> Any:
-        self.server.stop()
-        return super().stopService()
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
 
 
 def makeService(config: Options, reactor: Any = None) -> IService:
@@ -211,8 +245,21 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         authority = SignedAuthority(config["secret"], clock)
     else:
         authority = OpenAuthority()
+    store: IRoomStore
+    redis: RedisRoomStore | None = None
+    if config["redis"]:
+        store = redis = RedisRoomStore(
+            config["redis_address"],
+            reactor=reactor,
+            prefix=config["redis-prefix"],
+            reply_timeout=config["redis-timeout"],
+        )
+    else:
+        store = MemoryRoomStore()
     server = KTVServer(
-        store=MemoryRoomStore(),
+        store=store,
+        node_id=config["node-id"] or new_node_id(),
+        node_ttl=config["node-ttl"],
         catalog=config["catalog_songs"],
         authority=authority,
         clock=clock,
@@ -242,7 +289,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     site = make_site(websocket, api)
 
     top = MultiService()
-    ServerService(server).setServiceParent(top)
+    ServerService(server, redis).setServiceParent(top)
     for description in config["listen"]:
         StreamServerEndpointService(serverFromString(reactor, description), site).setServiceParent(top)
     return top

@@ -140,6 +140,8 @@ class RedisRoomStore:
         self._command_factory: Any = None
         self._subscriber_factory: _SubscriberFactory | None = None
         self.on_resubscribed: Callable[[], None] | None = None
+        self.listening = False
+        """True while the subscriber connection is up and subscribed to every watched room."""
 
     # -- keys -----------------------------------------------------------------
 
@@ -227,6 +229,7 @@ class RedisRoomStore:
         d = protocol.subscribe(channels) if channels else succeed(None)
 
         def resubscribed(_: Any) -> None:
+            self.listening = True
             if self.on_resubscribed is not None:
                 self.on_resubscribed()
 
@@ -236,6 +239,7 @@ class RedisRoomStore:
     def _subscriber_lost(self, protocol: _Subscriber) -> None:
         if self._subscriber is protocol:
             self._subscriber = None
+            self.listening = False
 
     def watch(self, room_id: str) -> Deferred[None]:
         """Receive the room's events from now on (before acting on it, so nothing is missed)."""

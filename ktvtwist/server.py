@@ -200,9 +200,12 @@ class KTVServer:
         """With a shared store, a room without members on this node is not this node's to watch.
 
         Other nodes (or the store's sweep) keep its time.  With the in-memory
-        store every room stays until it is deleted.
+        store every room stays until it is deleted (only a room that was never
+        made, after a refused join, goes at once).
         """
-        if self.shared is None or local.connections or self.rooms.get(local.room) is not local:
+        if local.connections or self.rooms.get(local.room) is not local:
+            return
+        if self.shared is None and local.version >= 0:
             return
         local.cancel_timer()
         del self.rooms[local.room]

@@ -1,11 +1,18 @@
 # ktvtwist: the KTV room server (WebSocket room protocol + HTTP API on one port).
 #
-#   docker build -t ktvtwist .
-#   docker run --rm -p 8888:8888 ktvtwist
+# The container listens on 0.0.0.0, where open auth would refuse to start, so
+# the default command uses signed tokens. Mount the secret (at least 32 bytes,
+# readable by uid 10001) read-only at /run/secrets/ktv_secret:
 #
-# Options go after the image name, replacing the default command, e.g.
-#   docker run --rm -p 8888:8888 ktvtwist \
-#       twistd -n --pidfile= ktv --listen tcp:8888:interface=0.0.0.0 --language en
+#   docker build -t ktvtwist .
+#   docker run --rm -p 8888:8888 -v ./ktv_secret:/run/secrets/ktv_secret:ro ktvtwist
+#
+# Docker/Compose/Swarm and Kubernetes secrets: see docs/auth.md.
+#
+# A command after the image name replaces the default one, so it repeats the
+# options it needs. Open mode, for local experiments only:
+#   docker run --rm -p 127.0.0.1:8888:8888 ktvtwist \
+#       twistd -n --pidfile= ktv --listen tcp:8888:interface=0.0.0.0 --insecure-open
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -29,4 +36,5 @@ EXPOSE 8888
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8888/healthz', timeout=3)"]
 
-CMD ["twistd", "-n", "--pidfile=", "ktv", "--listen", "tcp:8888:interface=0.0.0.0"]
+CMD ["twistd", "-n", "--pidfile=", "ktv", "--listen", "tcp:8888:interface=0.0.0.0", \
+     "--auth", "signed", "--secret-file", "/run/secrets/ktv_secret"]

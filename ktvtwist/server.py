@@ -287,7 +287,7 @@ class KTVServer:
         """The member an action names: oneself unless an admin names another."""
         if target is None or target == "":
             return binding.identity.fullname
-        name = wire.require_text(target, "fullname")
+        name = wire.require_text(target, "target")
         if name != binding.identity.fullname and not binding.identity.admin:
             raise errors.forbidden()
         return name
@@ -303,7 +303,7 @@ class KTVServer:
         binding = self._require_binding(conn)
         if not binding.identity.admin:
             raise errors.forbidden()
-        fullname = wire.require_text(target, "fullname")
+        fullname = wire.require_text(target, "target")
 
         def remove(state: RoomState, b: Binding, now: float) -> RoomState:
             if state.member(fullname) is None:

@@ -54,8 +54,14 @@ def _whole_seconds(seconds: float) -> str:
     return str(max(0, math.ceil(seconds - 1e-6)))
 
 
-def member_body(member: Member) -> dict[str, str]:
-    return {"nick": member.nick, "fullname": member.fullname, "avatar": member.avatar}
+def member_body(member: Member) -> dict[str, Any]:
+    """The documented member object, plus ``online`` (false while away in the reconnect grace)."""
+    return {
+        "nick": member.nick,
+        "fullname": member.fullname,
+        "avatar": member.avatar,
+        "online": member.away_until is None,
+    }
 
 
 def song_body(song: Song) -> dict[str, str]:

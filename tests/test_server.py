@@ -374,6 +374,7 @@ class GraceTests(ServerTestCase):
         self.assertEqual([m.fullname for m in state.members], ["alice", "bob"])
         self.assertEqual(bob.last["body"]["fullname"], "alice")
         self.assertEqual(bob.last["body"]["count"], 2)
+        self.assertEqual([m["online"] for m in bob.last["body"]["members"]], [False, True])
         self.assertOneTimerAt(START + 15)
         back = self.join("alice")
         self.ask(back)

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from ktvtwist import errors, tokens
 from ktvtwist.room import Member, RoomState
+
+if TYPE_CHECKING:  # importing txredisapi would install the default reactor
+    from ktvtwist.redis_store import RedisRoomStore
 
 MAX_NAME_LENGTH = 64
 MAX_AVATAR_LENGTH = 1024
@@ -152,3 +158,74 @@ class SignedAuthority:
 
     def resolve(self, token: Any, state: RoomState) -> Identity:
         return self._verify(token)
+
+
+@implementer(ITokenAuthority)
+class RedisTokenAuthority:
+    """Tokens are keys of Redis hashes that the app's backend writes (``--auth redis``).
+
+    ``{prefix}token:{token}`` holds ``fullname`` (required), ``nick``,
+    ``avatar`` and ``role`` (``"admin"`` for an administrator); the backend
+    sets the key's TTL, and deleting the key revokes the token.  Like
+    :class:`SignedAuthority`, the member is whoever the record names (the
+    frame's own ``fullname`` is ignored), the token is not kept, and
+    :meth:`resolve` does not look at the room (the rules check membership).
+
+    Both methods return Deferreds: ``auth_failed`` for a missing, unknown or
+    expired token or a record that breaks the field limits; ``unavailable``
+    when Redis is down.
+    """
+
+    open = False
+    _log = Logger()
+
+    def __init__(self, store: RedisRoomStore) -> None:
+        self.store = store
+
+    def __repr__(self) -> str:
+        return f"RedisTokenAuthority({self.store.token_key('*')!r})"
+
+    # The server calls both through maybeDeferred; the interface's annotations name the plain result.
+    def identify(self, token: Any, claimed: Mapping[str, Any]) -> Deferred[Identity]:  # type: ignore[override]
+        return Deferred.fromCoroutine(self._lookup(token))
+
+    def resolve(self, token: Any, state: RoomState) -> Deferred[Identity]:  # type: ignore[override]
+        return Deferred.fromCoroutine(self._lookup(token))
+
+    async def _lookup(self, token: Any) -> Identity:
+        if not isinstance(token, str) or not token:
+            raise errors.auth_failed("a non-empty token is required")
+        if len(token) > tokens.MAX_TOKEN_LENGTH:
+            raise errors.auth_failed(f"the token is longer than {tokens.MAX_TOKEN_LENGTH} characters")
+        try:
+            token.encode("utf-8")
+        except UnicodeEncodeError:
+            raise errors.auth_failed("the token is not valid text") from None
+        d: Deferred[Any] = self.store.redis().hgetall(self.store.token_key(token))
+        record = await d.addErrback(self._failed)
+        if not record:
+            raise errors.auth_failed("unknown or expired token")
+        try:
+            return self._identity(record)
+        except errors.KTVError as e:
+            # The backend wrote a bad record; the reason never quotes the token.
+            self._log.warn("a token record in Redis is invalid: {reason}", reason=e.en)
+            raise errors.auth_failed(f"the token's record is invalid: {e.en}") from None
+
+    @staticmethod
+    def _identity(record: Mapping[Any, Any]) -> Identity:
+        fullname = _short_text(record.get("fullname"), "fullname", MAX_NAME_LENGTH, required=True)
+        nick = _short_text(record.get("nick"), "nick", MAX_NAME_LENGTH, required=False) or fullname
+        avatar = _short_text(record.get("avatar"), "avatar", MAX_AVATAR_LENGTH, required=False)
+        role = record.get("role")
+        if role is not None and not isinstance(role, str):
+            raise errors.bad_request("'role' must be a string")
+        return Identity(fullname, nick, avatar, admin=role == tokens.ADMIN_ROLE)
+
+    def _failed(self, failure: Failure) -> Failure:
+        import txredisapi
+
+        if failure.check(txredisapi.ResponseError) and str(failure.value).startswith("WRONGTYPE"):
+            self._log.warn("a token key in Redis is not a hash")
+            raise errors.auth_failed("the token's record is invalid: not a hash")
+        return self.store._redis_failed(failure)

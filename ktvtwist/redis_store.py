@@ -42,8 +42,9 @@ from ktvtwist.store import Change, IRoomListener, ISharedRoomStore
 
 MAX_ATTEMPTS = 50
 
-# KEYS: room hash, due index.  ARGV: expected version ("" = must not exist),
-# new state JSON ("" = delete), new version, deadline, room id, channel, event.
+# KEYS: room hash, due index, chat history.  ARGV: expected version ("" = must
+# not exist), new state JSON ("" = delete), new version, deadline, room id,
+# channel, event.
 CHANGE_SCRIPT = """
 local current = redis.call('HGET', KEYS[1], 'version')
 if ARGV[1] == '' then
@@ -52,7 +53,7 @@ elseif current ~= ARGV[1] then
   return 0
 end
 if ARGV[2] == '' then
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1], KEYS[3])
   redis.call('ZREM', KEYS[2], ARGV[5])
 else
   redis.call('HSET', KEYS[1], 'state', ARGV[2], 'version', ARGV[3])
@@ -94,6 +95,16 @@ class _Subscriber(txredisapi.SubscriberProtocol):
         self.store._event(channel, message)
 
 
+class _CommandFactory(txredisapi.RedisFactory):
+    """The command connection pool; tells the store when a connection is ready."""
+
+    store: RedisRoomStore
+
+    def addConnection(self, conn: Any) -> None:
+        super().addConnection(conn)
+        self.store._maybe_caught_up()
+
+
 class _SubscriberFactory(txredisapi.SubscriberFactory):
     protocol = _Subscriber
 
@@ -126,7 +137,7 @@ class RedisRoomStore:
         reactor: IReactorTCP,
         prefix: str = "ktv:",
         reply_timeout: float = 2.0,
-        pool_size: int = 4,
+        pool_size: int = 1,
     ) -> None:
         self.address = address
         self.reactor = reactor
@@ -140,6 +151,7 @@ class RedisRoomStore:
         self._command_factory: Any = None
         self._subscriber_factory: _SubscriberFactory | None = None
         self.on_resubscribed: Callable[[], None] | None = None
+        self._catch_up_pending = False
         self.listening = False
         """True while the subscriber connection is up and subscribed to every watched room."""
 
@@ -176,7 +188,11 @@ class RedisRoomStore:
     def start(self) -> None:
         """Connect (and keep reconnecting) in the background; never waits for Redis."""
         endpoint = TCP4ClientEndpoint(self.reactor, self.address.host, self.address.port, timeout=5)
-        factory = txredisapi.RedisFactory(
+        # One pipelined connection (pool_size 1) keeps this node's commands in
+        # the order they were issued: with several, txredisapi sends each
+        # command on one picked at random, so a member's messages (PUBLISH)
+        # and chat lines could overtake each other on their way to Redis.
+        factory = _CommandFactory(
             f"{self.address.host}:{self.address.port}",
             self.address.db,
             self.pool_size,
@@ -186,6 +202,7 @@ class RedisRoomStore:
             convertNumbers=False,
         )
         factory.maxDelay = 2
+        factory.store = self
         factory.startConnecting(endpoint)
         self._command_factory = factory
         self._commands = factory.handler
@@ -196,6 +213,7 @@ class RedisRoomStore:
 
     def stop(self) -> Deferred[Any]:
         factories = [f for f in (self._command_factory, self._subscriber_factory) if f is not None]
+        self._command_factory = self._subscriber_factory = None
         return DeferredList([f.disconnect() for f in factories], consumeErrors=True)
 
     @property
@@ -210,8 +228,12 @@ class RedisRoomStore:
         return self._commands
 
     def _redis_failed(self, failure: Failure) -> Failure:
-        """Turn a Redis failure (lost connection, timeout) into ``unavailable``."""
-        if failure.check(txredisapi.RedisError, ConnectionError, TimeoutError):
+        """Turn a lost connection or a reply timeout into ``unavailable``.
+
+        Error replies (a wrong type, a script error) are bugs, not outages:
+        they go on as they are and end up as ``internal_error``.
+        """
+        if failure.check(txredisapi.ConnectionError, ConnectionError, TimeoutError):
             self._log.warn("Redis command failed: {error}", error=failure.getErrorMessage())
             raise errors.unavailable()
         return failure
@@ -230,11 +252,18 @@ class RedisRoomStore:
 
         def resubscribed(_: Any) -> None:
             self.listening = True
-            if self.on_resubscribed is not None:
-                self.on_resubscribed()
+            self._catch_up_pending = True
+            self._maybe_caught_up()
 
         d.addCallback(resubscribed)
         d.addErrback(lambda f: self._log.failure("re-subscribing", f))
+
+    def _maybe_caught_up(self) -> None:
+        """Once both connections are back after a (re)subscription, let the server catch up."""
+        if self._catch_up_pending and self.listening and self.connected:
+            self._catch_up_pending = False
+            if self.on_resubscribed is not None:
+                self.on_resubscribed()
 
     def _subscriber_lost(self, protocol: _Subscriber) -> None:
         if self._subscriber is protocol:
@@ -306,7 +335,7 @@ class RedisRoomStore:
             done = yield self._call(
                 "eval",
                 CHANGE_SCRIPT,
-                [self.room_key(room_id), self.due_key],
+                [self.room_key(room_id), self.due_key, self.history_key(room_id)],
                 [
                     version if version is not None else "",
                     json.dumps(event["state"]) if new is not None else "",
@@ -341,8 +370,15 @@ class RedisRoomStore:
     def heartbeat(self, node_id: str, expires: float) -> Deferred[Any]:
         return self._call("zadd", self.nodes_key, repr(expires), node_id)
 
-    def node_left(self, node_id: str) -> Deferred[Any]:
-        return self._call("zrem", self.nodes_key, node_id)
+    @inlineCallbacks
+    def node_left(self, node_id: str) -> Any:
+        yield self._call("zrem", self.nodes_key, node_id)
+        yield self._call("delete", self.node_rooms_key(node_id))
+
+    @inlineCallbacks
+    def node_rooms(self, node_id: str) -> Any:
+        rooms = yield self._call("smembers", self.node_rooms_key(node_id))
+        return sorted(rooms)
 
     def remember_room(self, node_id: str, room_id: str) -> Deferred[Any]:
         return self._call("sadd", self.node_rooms_key(node_id), room_id)

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -113,8 +114,12 @@ class KTVServer:
         self.shared: ISharedRoomStore | None = ISharedRoomStore(store, None)
         self._upkeep: LoopingCall | None = None
         self._stopping = False
+        self._alive_until = 0.0
+        """When this node's last heartbeat in the shared store runs out."""
         self.rooms: dict[str, LocalRoom] = {}
         self._bindings: dict[IConnection, Binding] = {}
+        # joins waiting for the store: (room, fullname) -> how many
+        self._joining: Counter[tuple[str, str]] = Counter()
         self._ids = itertools.count(1)
         store.subscribe(self)
 
@@ -186,6 +191,7 @@ class KTVServer:
         try:
             await self.store.watch(room_id)
             if self.shared is not None:
+                await self._heartbeat_once()
                 await self.shared.remember_room(self.node_id, room_id)
             state = await self.store.update(room_id, enter, conn.connection_id)
         except BaseException:
@@ -428,7 +434,7 @@ class KTVServer:
 
     def room_changed(self, room_id: str, state: RoomState | None, origin: str | None) -> None:
         local = self.rooms.get(room_id)
-        if local is None:
+        if local is None or self._stopping:
             return  # not a room of this node (any more)
         if state is None:
             local.cancel_timer()
@@ -535,13 +541,29 @@ class KTVServer:
         after = self.rules.disconnect_node(state, node, now)
         return after if after.members else None
 
+    async def _heartbeat(self, now: float) -> None:
+        assert self.shared is not None
+        await self.shared.heartbeat(self.node_id, now + self.node_ttl)
+        self._alive_until = max(self._alive_until, now + self.node_ttl)
+
+    async def _heartbeat_once(self) -> None:
+        """Be in the store's node list before taking on members there.
+
+        Other nodes only notice the death of a node that is in the list: a
+        node that died before its first sweep's heartbeat (or whose last one
+        ran out) would leave its members in their rooms for ever.
+        """
+        now = self.now()
+        if self._alive_until <= now:
+            await self._heartbeat(now)
+
     async def _maintain(self) -> None:
         """Once a sweep interval: heartbeat, fire overdue rooms, reap dead nodes' members."""
         shared = self.shared
         assert shared is not None
         now = self.now()
         try:
-            await shared.heartbeat(self.node_id, now + self.node_ttl)
+            await self._heartbeat(now)
             for room_id in await shared.overdue_rooms(now - SWEEP_SLACK):
                 await self.store.update(room_id, partial(self._overdue, now=now), None)
             for node, rooms in await shared.claim_dead_nodes(now):
@@ -561,11 +583,37 @@ class KTVServer:
         return moved if moved.members else None
 
     def refresh(self) -> None:
-        """Catch up on every watched room (after the store reconnected and may have missed changes)."""
+        """Catch up after the store reconnected: changes may have been missed, and writes lost.
+
+        Every watched room is read again; and every room this node has had
+        members in is reconciled with the connections it really has (a
+        connection that closed, or a ``leave``, while the store was down
+        could not be written).
+        """
         for room_id in list(self.rooms):
             d = self.store.get(room_id)
             d.addCallback(self._refreshed, room_id)
             d.addErrback(lambda f: self._log.failure("catching up", f))
+        Deferred.fromCoroutine(self._reconcile()).addErrback(lambda f: self._log.failure("reconciling", f))
+
+    async def _reconcile(self) -> None:
+        shared = self.shared
+        assert shared is not None
+        now = self.now()
+        for room_id in await shared.node_rooms(self.node_id):
+            await self.store.update(room_id, partial(self._gone_from_here, now=now), None)
+
+    def _gone_from_here(self, state: RoomState | None, now: float) -> RoomState | None:
+        """Members listed on this node who have no connection (or join under way) here are disconnected."""
+        if state is None:
+            return None
+        local = self.rooms.get(state.room)
+        here = set(local.connections) if local is not None else set()
+        here |= {name for room, name in self._joining if room == state.room}
+        for m in state.members:
+            if self.node_id in m.nodes and m.fullname not in here:
+                state = self.rules.disconnect(state, m.fullname, self.node_id, now)
+        return state if state.members else None
 
     def _refreshed(self, state: RoomState | None, room_id: str) -> None:
         local = self.rooms.get(room_id)

@@ -146,6 +146,9 @@ class ISharedRoomStore(IRoomStore):
     def node_left(node_id: str) -> Deferred[Any]:
         """``node_id`` stopped cleanly."""
 
+    def node_rooms(node_id: str) -> Deferred[list[str]]:
+        """The rooms ``node_id`` has had members in (see ``remember_room``)."""
+
     def overdue_rooms(before: float) -> Deferred[list[str]]:
         """Rooms whose deadline came before ``before``."""
 

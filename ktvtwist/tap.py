@@ -14,11 +14,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 
-from ktvtwist.auth import ITokenAuthority, OpenAuthority, SignedAuthority, read_secret_file
-from ktvtwist.catalog import CatalogError, MemoryCatalog
+from ktvtwist.auth import ITokenAuthority, OpenAuthority, RedisTokenAuthority, SignedAuthority, read_secret_file
+from ktvtwist.catalog import CatalogError, ICatalog, MemoryCatalog
 from ktvtwist.errors import Language
 from ktvtwist.http import HTTPAPI
 from ktvtwist.limits import OriginPolicy
+from ktvtwist.redis_catalog import RedisCatalog
 from ktvtwist.redis_store import RedisAddress, RedisRoomStore, new_node_id
 from ktvtwist.room import RoomRules
 from ktvtwist.server import KTVServer
@@ -86,8 +87,8 @@ def _language(value: str) -> Language:
 
 
 def _auth_mode(value: str) -> str:
-    if value not in ("open", "signed"):
-        raise ValueError("must be open or signed")
+    if value not in ("open", "signed", "redis"):
+        raise ValueError("must be open, signed or redis")
     return value
 
 
@@ -109,6 +110,7 @@ class Options(usage.Options):
     longdesc = "Run the KTV room server: the WebSocket room protocol and the HTTP API on each --listen address."
     optFlags = [
         ["insecure-open", None, "Allow --auth open on addresses other than loopback (anyone can be anyone)."],
+        ["catalog-redis", None, "Look songs up in the catalog hash in Redis (needs --redis; see ktv-admin)."],
     ]
     optParameters = [
         ["ask-timeout", None, 15.0, "Seconds a member has to take the mic when asked.", _positive_seconds],
@@ -157,7 +159,13 @@ class Options(usage.Options):
         ["allowed-origins", None, "*", "Comma-separated browser Origins allowed (wildcards: *).", _origins],
         ["max-frame-bytes", None, 65536, "Largest WebSocket frame or message, in bytes.", _positive_int],
         ["language", None, "zh", "Language of error messages: zh or en.", _language],
-        ["auth", None, "open", "How tokens are checked: open or signed (HS256 JWTs).", _auth_mode],
+        [
+            "auth",
+            None,
+            "open",
+            "How tokens are checked: open, signed (HS256 JWTs) or redis (token records in Redis; needs --redis).",
+            _auth_mode,
+        ],
         ["secret-file", None, None, "File holding the signing secret for --auth signed (at least 32 bytes)."],
     ]
 
@@ -178,7 +186,13 @@ class Options(usage.Options):
                 self["redis_address"] = RedisAddress.parse(self["redis"])
             except ValueError as e:
                 raise usage.UsageError(str(e)) from None
-        if self["catalog"]:
+        if self["catalog-redis"]:
+            if not self["redis"]:
+                raise usage.UsageError("--catalog-redis needs --redis")
+            if self["catalog"]:
+                raise usage.UsageError("--catalog and --catalog-redis cannot be used together")
+            self["catalog_songs"] = None
+        elif self["catalog"]:
             try:
                 self["catalog_songs"] = MemoryCatalog.from_file(self["catalog"])
             except CatalogError as e:
@@ -195,6 +209,8 @@ class Options(usage.Options):
                 raise usage.UsageError(str(e)) from None
         elif self["secret-file"]:
             raise usage.UsageError("--secret-file is only used with --auth signed")
+        if self["auth"] == "redis" and not self["redis"]:
+            raise usage.UsageError("--auth redis needs --redis")
 
 
 class ServerService(Service):
@@ -240,11 +256,6 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         max_members=config["max-members"],
         reconnect_grace=config["reconnect-grace"],
     )
-    authority: ITokenAuthority
-    if config["auth"] == "signed":
-        authority = SignedAuthority(config["secret"], clock)
-    else:
-        authority = OpenAuthority()
     store: IRoomStore
     redis: RedisRoomStore | None = None
     if config["redis"]:
@@ -256,11 +267,23 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         )
     else:
         store = MemoryRoomStore()
+    authority: ITokenAuthority
+    if config["auth"] == "signed":
+        authority = SignedAuthority(config["secret"], clock)
+    elif config["auth"] == "redis":
+        assert redis is not None  # postOptions requires --redis
+        authority = RedisTokenAuthority(redis)
+    else:
+        authority = OpenAuthority()
+    catalog: ICatalog = config["catalog_songs"]
+    if config["catalog-redis"]:
+        assert redis is not None  # postOptions requires --redis
+        catalog = RedisCatalog(redis)
     server = KTVServer(
         store=store,
         node_id=config["node-id"] or new_node_id(),
         node_ttl=config["node-ttl"],
-        catalog=config["catalog_songs"],
+        catalog=catalog,
         authority=authority,
         clock=clock,
         rules=rules,

@@ -452,9 +452,10 @@ class EndToEndTests(unittest.TestCase):
         self.assertIsInstance(body["members"], list)
         self.assertEqual(body["count"], len(body["members"]))
         for member in body["members"]:
-            self.assertEqual(set(member), {"nick", "fullname", "avatar"})
-            for value in member.values():
-                self.assertIs(type(value), str)
+            self.assertEqual(set(member), {"nick", "fullname", "avatar", "online"})
+            for name in ("nick", "fullname", "avatar"):
+                self.assertIs(type(member[name]), str)
+            self.assertIs(type(member["online"]), bool)
         self.assertIsInstance(body["songs"], list)
         for song in body["songs"]:
             for name in ("sid", "name", "author", "nick", "fullname", "duration"):
@@ -479,8 +480,8 @@ class EndToEndTests(unittest.TestCase):
         self.assertEqual(
             body["members"],
             [
-                {"nick": "Alice", "fullname": "alice", "avatar": "http://img.example/alice.png"},
-                {"nick": "Bob", "fullname": "bob", "avatar": "http://img.example/bob.png"},
+                {"nick": "Alice", "fullname": "alice", "avatar": "http://img.example/alice.png", "online": True},
+                {"nick": "Bob", "fullname": "bob", "avatar": "http://img.example/bob.png", "online": True},
             ],
         )
 

@@ -51,7 +51,7 @@ class MultiNodeTests(TestCase):
     timeout = 60
 
     async def setUp(self) -> None:  # type: ignore[override]
-        self.redis = RedisServer(self)
+        self.redis = RedisServer(self, durable=True)
         await self.redis.start()
         self.clock = Clock()
         self.clock.advance(START)
@@ -211,3 +211,22 @@ class MultiNodeTests(TestCase):
         state = await self.state()
         assert state is not None
         self.assertEqual(state.status, RoomStatus.IDLE)
+
+    async def test_a_drop_during_an_outage_is_reconciled_after_it(self) -> None:
+        a, b = await self.node("a"), await self.node("b")
+        alice = await self.join(a, "alice")
+        bob = await self.join(b, "bob")
+        await self.redis.stop()
+        await wait_until(lambda: not self.store_of("a").connected, what="node a to notice")
+        a.connection_lost(alice)  # cannot be written now
+        self.flushLoggedErrors(KTVError)
+        await self.redis.start()
+        for name in ("a", "b"):
+            await wait_until(lambda n=name: self.store_of(n).listening, what=f"node {name} to come back")
+        await wait_until(
+            lambda: bool(bob.messages) and bob.room["members"][0]["online"] is False, what="alice to be marked away"
+        )
+        state = await self.state()
+        assert state is not None
+        self.assertEqual(state.member("alice").nodes, ())  # type: ignore[union-attr]
+        self.assertTrue(state.member("bob").nodes)  # type: ignore[union-attr]

@@ -158,6 +158,7 @@ class StoreContractMixin:
         await self.setUpStore()
         await self.create("alice")
         await self.create("bob")
+
         def away(s: RoomState | None) -> RoomState:
             assert s is not None
             return RULES.disconnect(RULES.join(s, member("bob"), "n1"), "bob", "n1", 150.0)

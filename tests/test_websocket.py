@@ -150,7 +150,9 @@ class ContractTests(WebSocketTestCase):
             },
         )
         self.assertEqual((body["sid"], body["name"], body["fullname"], body["songs"]), ("0", "", "", []))
-        self.assertEqual(body["members"], [{"nick": "15608059720", "fullname": "15608059720", "avatar": "http://a", "online": True}])
+        self.assertEqual(
+            body["members"], [{"nick": "15608059720", "fullname": "15608059720", "avatar": "http://a", "online": True}]
+        )
 
     def test_asking_and_singing_describe_the_member_on_the_mic(self) -> None:
         alice = self.join("alice", nick="Alice")

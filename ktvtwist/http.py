@@ -125,6 +125,10 @@ class HTTPAPI:
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: IRequest) -> bytes:
+        """For load balancers: 200 while this node can serve, 503 while its Redis is unreachable."""
+        if not self.server.healthy():
+            error = errors.unavailable()
+            return _api_response(request, error.kind.api_status, error.message(self.language), 503, code=error.code)
         return _api_response(request, API_OK, "ok")
 
     @app.handle_errors(KTVError)

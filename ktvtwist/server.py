@@ -184,7 +184,11 @@ class KTVServer:
         now = self.now()
 
         def enter(state: RoomState | None) -> RoomState:
-            return self.rules.join(state or self.rules.create(room_id, now), member, self.node_id)
+            if state is None:
+                return self.rules.join(self.rules.create(room_id, now), member, self.node_id)
+            # A room whose deadline passed while no node kept its time (all
+            # were down) moves on first, so the joiner never sees it stale.
+            return self.rules.join(self.rules.expire(state, state.version, now), member, self.node_id)
 
         # Watch before changing, so that no change after ours is missed.
         local = self.rooms.setdefault(room_id, LocalRoom(room_id))
@@ -201,6 +205,10 @@ class KTVServer:
         self._bindings[conn] = Binding(room_id, identity)
         local.connections.setdefault(identity.fullname, set()).add(conn)
         return state
+
+    def healthy(self) -> bool:
+        """Whether this node can serve: its store is reachable."""
+        return self.shared is None or bool(self.shared.connected)
 
     def _release_if_unused(self, local: LocalRoom) -> None:
         """With a shared store, a room without members on this node is not this node's to watch.
@@ -414,9 +422,15 @@ class KTVServer:
     # -- frames ---------------------------------------------------------------
 
     def room_frame(self, state: RoomState) -> Frame:
-        """The push frame for ``state``, encoded once per room version."""
+        """The push frame for ``state``, encoded once per room version.
+
+        When a newer version of the room has already been pushed here (a
+        shared store delivers other nodes' changes on their own connection),
+        that one is returned: a reply never shows a member an older room than
+        a push already did.
+        """
         local = self.rooms.get(state.room)
-        if local is not None and local.frame is not None and local.version == state.version:
+        if local is not None and local.frame is not None and local.version >= state.version:
             return local.frame
         now = self.now()
         return Frame(wire.encode(wire.envelope(wire.room_body(state, now), now)))

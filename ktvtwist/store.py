@@ -136,6 +136,7 @@ class ISharedRoomStore(IRoomStore):
     """
 
     on_resubscribed = Attribute("Called with no arguments after the store reconnected (changes may have been missed).")
+    connected = Attribute("True while the store can be reached.")
 
     def remember_room(node_id: str, room_id: str) -> Deferred[Any]:
         """Note that ``node_id`` has members in ``room_id`` (for when it dies)."""

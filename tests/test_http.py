@@ -8,6 +8,7 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
@@ -16,6 +17,7 @@ from ktvtwist.auth import OpenAuthority
 from ktvtwist.catalog import MemoryCatalog
 from ktvtwist.errors import Language
 from ktvtwist.http import HTTPAPI
+from ktvtwist.redis_store import RedisAddress, RedisRoomStore
 from ktvtwist.room import RoomRules
 from ktvtwist.server import IConnection, KTVServer
 from ktvtwist.store import MemoryRoomStore
@@ -180,3 +182,14 @@ class AccessLogTests(SynchronousTestCase):
         line = redacted_log_formatter("[now]", request)
         self.assertNotIn("s3cret", line)
         self.assertIn("/api/v2/singer/create?...", line)
+
+
+class HealthTests(SynchronousTestCase):
+    def test_healthz_is_503_while_the_shared_store_is_unreachable(self) -> None:
+        store = RedisRoomStore(RedisAddress(), reactor=MemoryReactorClock())  # never connected
+        server = KTVServer(store=store, catalog=MemoryCatalog.sample(), authority=OpenAuthority(), clock=Clock())
+        treq: Any = StubTreq(HTTPAPI(server).app.resource())
+        response = self.successResultOf(treq.get("http://localhost/healthz"))
+        self.assertEqual(response.code, 503)
+        body = json.loads(self.successResultOf(response.content()))
+        self.assertEqual(body["code"], "unavailable")

@@ -14,7 +14,7 @@ from zope.interface import implementer
 from ktvtwist.auth import Identity, ITokenAuthority, OpenAuthority
 from ktvtwist.catalog import MemoryCatalog
 from ktvtwist.errors import KTVError
-from ktvtwist.room import RoomRules, RoomState
+from ktvtwist.room import RoomRules, RoomState, RoomStatus
 from ktvtwist.server import IConnection, KTVServer
 from ktvtwist.store import MemoryRoomStore
 from ktvtwist.wire import Frame
@@ -521,3 +521,25 @@ class LastMemberTests(ServerTestCase):
         self.assertEqual(left.members, ())
         self.assertEqual(left.version, before.version + 1)
         self.assertIsNone(self.state())
+
+
+class StaleRoomTests(ServerTestCase):
+    def test_join_moves_on_a_room_whose_deadline_passed_unattended(self) -> None:
+        alice = self.join("alice")
+        self.queue("alice", duration="100")
+        self.ask(alice)
+        self.server.stop()  # nobody keeps the room's time (every node was down)
+        self.clock.advance(150)
+        bob = self.connect()
+        state = result(Deferred.fromCoroutine(self.server.join(bob, "R1", "tok-bob", {"fullname": "bob"})))
+        self.assertEqual(state.status, RoomStatus.RESTING)
+        self.assertEqual(state.start_time, START + 150)
+
+    def test_a_reply_never_shows_an_older_room_than_a_push_did(self) -> None:
+        self.join("alice")
+        older = self.state()
+        assert older is not None
+        self.join("bob")
+        newer = self.state()
+        assert newer is not None
+        self.assertEqual(json.loads(self.server.room_frame(older).payload)["body"]["version"], newer.version)

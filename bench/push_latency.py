@@ -111,14 +111,15 @@ async def run(args: argparse.Namespace) -> None:
         connections = args.rooms * args.members
         latencies.clear()
         started = time.perf_counter()
-        interval = 1.0 / args.rate
+        # Spread the senders evenly over each interval, as independent rooms would be.
+        slot = 1.0 / (args.rate * len(senders))
         sent = 0
         while time.perf_counter() - started < args.seconds:
             for sender in senders:
                 body = {"sent": time.perf_counter(), "pad": "x" * args.payload}
                 sender.sendMessage(json.dumps({"action": "boardcast", "body": body}).encode())
                 sent += 1
-            await deferLater(reactor, interval, lambda: None)
+                await deferLater(reactor, slot, lambda: None)
         await deferLater(reactor, 1.0, lambda: None)  # let the last pushes arrive
         elapsed = time.perf_counter() - started
         expected = sent * (args.members - 1)

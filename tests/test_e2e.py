@@ -324,7 +324,9 @@ class Client:
 # -- the tests ----------------------------------------------------------------
 
 
-class EndToEndTests(unittest.TestCase):
+class EndToEndHarness(unittest.TestCase):
+    """Starts a real ``twistd ktv`` per test; subclasses hold the tests."""
+
     timeout = 30
 
     async def setUp(self) -> None:  # type: ignore[override]
@@ -342,10 +344,7 @@ class EndToEndTests(unittest.TestCase):
             args = [
                 sys.executable, "-c", TWISTD, "-n", "--pidfile=", "ktv",
                 "--listen", f"tcp:{self.port}:interface={HOST}",
-                "--ask-timeout", str(ASK_SECONDS),
-                "--rest-timeout", str(REST_SECONDS),
-                "--max-members", str(MAX_MEMBERS),
-                "--reconnect-grace", str(GRACE_SECONDS),
+                *self.server_options(),
             ]  # fmt: skip
             reactor.spawnProcess(self.server, sys.executable, args, env=os.environ)
             self.addCleanup(self.server.stop)
@@ -353,6 +352,14 @@ class EndToEndTests(unittest.TestCase):
                 return
             last = self.server.describe()
         self.fail(f"twistd ktv never answered on its port:\n{last}")
+
+    def server_options(self) -> list[str]:
+        return [
+            "--ask-timeout", str(ASK_SECONDS),
+            "--rest-timeout", str(REST_SECONDS),
+            "--max-members", str(MAX_MEMBERS),
+            "--reconnect-grace", str(GRACE_SECONDS),
+        ]  # fmt: skip
 
     async def _wait_until_up(self) -> bool:
         url = f"http://{HOST}:{self.port}/healthz"
@@ -463,6 +470,8 @@ class EndToEndTests(unittest.TestCase):
 
     # (1) join
 
+
+class EndToEndTests(EndToEndHarness):
     async def test_join_reply_and_push(self) -> None:
         alice, first = await self.join("alice")
         self.assertRoomBody(first["body"])

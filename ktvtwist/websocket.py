@@ -163,6 +163,18 @@ class KTVServerProtocol(WebSocketServerProtocol):
 
     # -- limits -------------------------------------------------------------
 
+    def onPing(self, payload: bytes) -> None:
+        """Pings count against the frame rate too: a ping flood is a flood.
+
+        A ping over the rate gets no pong (and no error frame); a client that
+        keeps at it is cut off like any other flooder.
+        """
+        if self._frames.take():
+            super().onPing(payload)
+        elif not self._refusals.take():
+            self.wasNotCleanReason = f"still flooding after {self.factory.max_refused} frames were refused"
+            self._close_for_policy("rate limit exceeded")
+
     def _refuse(self) -> None:
         """A frame over the rate: answered with ``rate_limited``, not processed.
 

@@ -456,6 +456,17 @@ class RateLimitTests(LimitsTestCase):
         self.clock.advance(1)  # a client that does not read its close frame is aborted
         self.assertTrue(flooder.transport.disconnected)
 
+    def test_pings_count_against_the_rate(self) -> None:
+        factory = self.factory(rate=1, burst=3, max_refused=5)
+        pinger = self.open(factory)
+        pinger.send(*[b"p%d" % i for i in range(6)], opcode=OPCODE_PING)
+        frames = pinger.frames()
+        self.assertEqual(frames, [(OPCODE_PONG, b"p0"), (OPCODE_PONG, b"p1"), (OPCODE_PONG, b"p2")])
+        self.assertFalse(pinger.transport.disconnecting)
+        pinger.send(*[b"x"] * 3, opcode=OPCODE_PING)  # past max_refused: cut off
+        self.assertEqual(pinger.close_code(pinger.frames()), 1008)
+        self.assertTrue(pinger.transport.disconnecting)
+
     def test_a_flood_that_goes_quietly_leaves_no_timer(self) -> None:
         factory = self.factory()
         flooder = self.joined(factory, "mallory")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from typing import Any, NoReturn, TextIO
 
@@ -27,6 +26,7 @@ from ktvtwist import errors, tokens
 from ktvtwist.auth import MAX_AVATAR_LENGTH, MAX_NAME_LENGTH, _short_text
 from ktvtwist.catalog import CatalogError, CatalogSong, parse_catalog
 from ktvtwist.redis_store import RedisAddress
+from ktvtwist.token_cli import positive_seconds
 
 PROG = "ktv-admin"
 DEFAULT_TIMEOUT = 10.0
@@ -50,16 +50,6 @@ class AdminError(Exception):
         self.status = status
 
 
-def _positive_seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a number of seconds") from None
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise argparse.ArgumentTypeError("must be a positive number of seconds")
-    return seconds
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Write the catalog and token records that ktv nodes read from Redis."
@@ -71,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--redis-prefix", default="ktv:", metavar="P", help="key prefix (default: ktv:)")
         command.add_argument(
             "--timeout",
-            type=_positive_seconds,
+            type=positive_seconds,
             default=DEFAULT_TIMEOUT,
             metavar="SECONDS",
             help=f"seconds to wait for Redis to connect and to answer (default: {DEFAULT_TIMEOUT:.0f})",
@@ -89,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--avatar", metavar="URL", help="avatar URL (default: none)")
     token.add_argument("--admin", action="store_true", help='give the member the "admin" role')
     token.add_argument(
-        "--ttl", type=_positive_seconds, metavar="SECONDS", help="seconds until the token expires (default: never)"
+        "--ttl", type=positive_seconds, metavar="SECONDS", help="seconds until the token expires (default: never)"
     )
     redis_options(token)
     return parser

@@ -19,7 +19,7 @@ from ktvtwist.auth import read_secret_file
 DEFAULT_TTL = 86400.0
 
 
-def _positive_seconds(value: str) -> float:
+def positive_seconds(value: str) -> float:
     try:
         seconds = float(value)
     except ValueError:
@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--avatar", metavar="URL", help="avatar URL (default: none)")
     parser.add_argument(
         "--ttl",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=DEFAULT_TTL,
         metavar="SECONDS",
         help=f"seconds the token stays valid (default: {DEFAULT_TTL:.0f})",

@@ -44,6 +44,7 @@ from tests.test_e2e import (
     Client,
     Frame,
     Match,
+    MemberFrames,
     ServerProcess,
     bounded,
     free_port,
@@ -180,7 +181,7 @@ class Node:
         _log.info("node {node}: {output}", node=self.node_id, output=process.describe())
 
 
-class ClusterTestCase(unittest.TestCase):
+class ClusterTestCase(MemberFrames, unittest.TestCase):
     timeout = 30
 
     def setUp(self) -> None:
@@ -218,19 +219,6 @@ class ClusterTestCase(unittest.TestCase):
         self.clients.append(client)
         self.addCleanup(client.close)
         return await client.connect()
-
-    def token(self, name: str) -> str:
-        return self.tokens.setdefault(name, f"secret-token-of-{name}-{id(self):x}")
-
-    def join_frame(self, name: str, room: str = "R1") -> Frame:
-        return {
-            "action": "join",
-            "room": room,
-            "fullname": name,
-            "token": self.token(name),
-            "nick": name.capitalize(),
-            "avatar": f"http://img.example/{name}.png",
-        }
 
     async def join(self, node: Node, name: str, room: str = "R1") -> tuple[Client, Frame]:
         """Join ``room`` through ``node``, again while the node is still reaching Redis."""

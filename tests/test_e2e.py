@@ -324,7 +324,26 @@ class Client:
 # -- the tests ----------------------------------------------------------------
 
 
-class EndToEndHarness(unittest.TestCase):
+class MemberFrames:
+    """Tokens and join frames of test members (``self.tokens`` keeps the tokens handed out)."""
+
+    tokens: dict[str, str]
+
+    def token(self, name: str) -> str:
+        return self.tokens.setdefault(name, f"secret-token-of-{name}-{id(self):x}")
+
+    def join_frame(self, name: str, room: str = "R1") -> Frame:
+        return {
+            "action": "join",
+            "room": room,
+            "fullname": name,
+            "token": self.token(name),
+            "nick": name.capitalize(),
+            "avatar": f"http://img.example/{name}.png",
+        }
+
+
+class EndToEndHarness(MemberFrames, unittest.TestCase):
     """Starts a real ``twistd ktv`` per test; subclasses hold the tests."""
 
     timeout = 30
@@ -389,19 +408,6 @@ class EndToEndHarness(unittest.TestCase):
         self.clients.append(client)
         self.addCleanup(client.close)
         return await client.connect()
-
-    def token(self, name: str) -> str:
-        return self.tokens.setdefault(name, f"secret-token-of-{name}-{id(self):x}")
-
-    def join_frame(self, name: str, room: str = "R1") -> Frame:
-        return {
-            "action": "join",
-            "room": room,
-            "fullname": name,
-            "token": self.token(name),
-            "nick": name.capitalize(),
-            "avatar": f"http://img.example/{name}.png",
-        }
 
     async def join(self, name: str, room: str = "R1") -> tuple[Client, Frame]:
         client = await self.connect(name)

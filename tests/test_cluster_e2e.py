@@ -177,6 +177,12 @@ class Node:
         self.process.transport.signalProcess("KILL")
         await bounded(self.process.ended, 5, f"node {self.node_id} to die")
 
+    async def terminate(self) -> None:
+        """Stop the node as a rolling restart does: SIGTERM; wait until the process is gone."""
+        assert self.process.transport is not None and self.process.running
+        self.process.transport.signalProcess("TERM")
+        await bounded(self.process.ended, 10, f"node {self.node_id} to stop")
+
     def _log_output(self, process: ServerProcess) -> None:
         _log.info("node {node}: {output}", node=self.node_id, output=process.describe())
 
@@ -376,6 +382,28 @@ class TwoNodeTests(ClusterTestCase):
         self.assertEqual((asked["body"]["status"], asked["body"]["fullname"]), ("2", "bob"))
         self.assertInOrder(alice, bob)
         self.assertEqual(bob.frames, [])
+
+    async def test_sigterm_hands_members_the_grace_at_once(self) -> None:
+        redis = await self.redis()
+        a, b = await self.nodes(redis, "node-a", "node-b")
+        alice, _ = await self.join(a, "alice")
+        bob, _ = await self.join(b, "bob")
+        await alice.next_frame(push(count=2))
+        await alice.request({"action": "sing", "sid": "1", "duration": LONG_SONG})
+        singing = await alice.request({"action": "ask", "ack": 1})
+        await bob.next_frame(status("1"))
+        stopped = time.monotonic()
+        await a.terminate()
+        # A stopped node hands over at once, without waiting for its heartbeat to expire.
+        alice_away = Match("alice away", lambda f: push()(f) and not online(f)["alice"])
+        away = await bob.next_frame(alice_away, timeout=NODE_TTL)
+        self.timing("node A's SIGTERM seen", time.monotonic() - stopped)
+        self.assertEqual(online(away), {"alice": False, "bob": True})
+        self.assertEqual((away["body"]["status"], away["body"]["fullname"]), ("1", "alice"))
+        again, back = await self.join(b, "alice")  # the rolling restart put her on node B
+        self.assertEqual(online(back), {"alice": True, "bob": True})
+        for field in ("status", "fullname", "sid", "start_time"):
+            self.assertEqual(back["body"][field], singing["body"][field], field)
 
     async def test_rejoining_another_node_within_the_grace_keeps_the_place(self) -> None:
         redis = await self.redis()

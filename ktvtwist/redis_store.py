@@ -104,6 +104,12 @@ class _CommandFactory(txredisapi.RedisFactory):
         super().addConnection(conn)
         self.store._maybe_caught_up()
 
+    def delConnection(self, conn: Any) -> None:
+        super().delConnection(conn)
+        if not self.size:
+            # Writes may fail until it is back: catch up then, as after a resubscription.
+            self.store._catch_up_pending = True
+
 
 class _SubscriberFactory(txredisapi.SubscriberFactory):
     protocol = _Subscriber

@@ -34,7 +34,7 @@ from ktvtwist import errors, wire
 from ktvtwist.auth import Identity, ITokenAuthority
 from ktvtwist.catalog import CatalogSong, ICatalog
 from ktvtwist.room import RoomRules, RoomState, Song
-from ktvtwist.store import IRoomListener, IRoomStore, ISharedRoomStore
+from ktvtwist.store import Change, IRoomListener, IRoomStore, ISharedRoomStore
 from ktvtwist.wire import Frame
 
 MAX_ROOM_ID_LENGTH = 64
@@ -120,6 +120,10 @@ class KTVServer:
         self._bindings: dict[IConnection, Binding] = {}
         # joins waiting for the store: (room, fullname) -> how many
         self._joining: Counter[tuple[str, str]] = Counter()
+        # members being marked present again: (room, fullname)
+        self._repairing: set[tuple[str, str]] = set()
+        # no node is reaped before this time (see _maintain)
+        self._reap_after = 0.0
         self._ids = itertools.count(1)
         store.subscribe(self)
 
@@ -137,6 +141,19 @@ class KTVServer:
         if binding is None:
             raise errors.not_in_room()
         return binding
+
+    async def _update(self, room_id: str, change: Change, origin: str | None) -> RoomState | None:
+        """``store.update``, then take the stored state as this node's view if it is newer.
+
+        With a shared store the change's own event comes later, on another
+        connection; taking the state now means that no older event can be
+        pushed after this reply (and members here see the change at once).
+        """
+        state = await self.store.update(room_id, change, origin)
+        local = self.rooms.get(room_id)
+        if state is not None and local is not None and state.version > local.version:
+            self._show(local, state, origin)
+        return state
 
     async def _change(self, conn: IConnection, change: Callable[[RoomState, Binding, float], RoomState]) -> RoomState:
         """Apply a member's action to their room."""
@@ -158,7 +175,7 @@ class KTVServer:
             outcome[:] = [changed]
             return changed if changed.members else None
 
-        stored = await self.store.update(room_id, checked, origin)
+        stored = await self._update(room_id, checked, origin)
         return stored if stored is not None else outcome[-1]
 
     def _check_size(self, what: str, value: Any) -> None:
@@ -192,15 +209,21 @@ class KTVServer:
 
         # Watch before changing, so that no change after ours is missed.
         local = self.rooms.setdefault(room_id, LocalRoom(room_id))
+        joining = (room_id, identity.fullname)
+        self._joining[joining] += 1
+        state: RoomState | None = None
         try:
             await self.store.watch(room_id)
             if self.shared is not None:
                 await self._heartbeat_once()
                 await self.shared.remember_room(self.node_id, room_id)
-            state = await self.store.update(room_id, enter, conn.connection_id)
-        except BaseException:
-            self._release_if_unused(local)
-            raise
+            state = await self._update(room_id, enter, conn.connection_id)
+        finally:
+            self._joining[joining] -= 1
+            if not self._joining[joining]:
+                del self._joining[joining]
+            if state is None:  # refused, or the store failed
+                self._release_if_unused(local)
         assert state is not None
         self._bindings[conn] = Binding(room_id, identity)
         local.connections.setdefault(identity.fullname, set()).add(conn)
@@ -208,7 +231,7 @@ class KTVServer:
 
     def healthy(self) -> bool:
         """Whether this node can serve: its store is reachable."""
-        return self.shared is None or bool(self.shared.connected)
+        return self.shared is None or bool(self.shared.connected and self.shared.listening)
 
     def _release_if_unused(self, local: LocalRoom) -> None:
         """With a shared store, a room without members on this node is not this node's to watch.
@@ -219,6 +242,8 @@ class KTVServer:
         """
         if local.connections or self.rooms.get(local.room) is not local:
             return
+        if any(room == local.room for room, _ in self._joining):
+            return  # a join is under way: its connection is about to be bound
         if self.shared is None and local.version >= 0:
             return
         local.cancel_timer()
@@ -366,7 +391,7 @@ class KTVServer:
                 raise errors.room_not_found()
             return self.rules.queue_song(state, song, now)
 
-        queued = await self.store.update(room_id, enqueue, origin)
+        queued = await self._update(room_id, enqueue, origin)
         assert queued is not None
         return queued
 
@@ -462,12 +487,48 @@ class KTVServer:
 
     def _show(self, local: LocalRoom, state: RoomState, origin: str | None) -> None:
         """Take ``state`` as the room's: re-arm its timer, push it, let go of those who left."""
+        self._repair_presence(local, state)
         local.version = state.version
         local.frame = None
         self._arm(local, state)
         local.frame = frame = self.room_frame(state)
         self._push(local, frame, origin)
         self._let_go(local, {m.fullname for m in state.members})
+
+    def _repair_presence(self, local: LocalRoom, state: RoomState) -> None:
+        """Members connected here whom ``state`` no longer places on this node are put back.
+
+        Another node may have taken this one for dead (its heartbeats could
+        not be written, say, while Redis was unreachable) and marked its
+        members away; they are here, so they are back at once.
+        """
+        for fullname in local.connections:
+            member = state.member(fullname)
+            key = (state.room, fullname)
+            if member is None or self.node_id in member.nodes or key in self._repairing:
+                continue
+            self._repairing.add(key)
+            Deferred.fromCoroutine(self._mark_present(state.room, fullname))
+
+    async def _mark_present(self, room_id: str, fullname: str) -> None:
+        self._log.info("{member} is connected here; marking them present again", member=fullname)
+        try:
+            await self._update(room_id, partial(self._present, fullname=fullname), None)
+        except errors.KTVError as e:
+            self._log.warn("could not mark {member} present: {error}", member=fullname, error=e.en)
+        except Exception:
+            self._log.failure("marking {member} present", member=fullname)
+        finally:
+            self._repairing.discard((room_id, fullname))
+
+    def _present(self, state: RoomState | None, fullname: str) -> RoomState | None:
+        if state is None:
+            return None
+        member = state.member(fullname)
+        local = self.rooms.get(state.room)
+        if member is None or local is None or fullname not in local.connections:
+            return state
+        return self.rules.join(state, member, self.node_id)
 
     def _let_go(self, local: LocalRoom, members: set[str]) -> None:
         """Unbind the connections of members who are no longer in the room (left, kicked)."""
@@ -580,6 +641,8 @@ class KTVServer:
             await self._heartbeat(now)
             for room_id in await shared.overdue_rooms(now - SWEEP_SLACK):
                 await self.store.update(room_id, partial(self._overdue, now=now), None)
+            if now < self._reap_after:
+                return
             for node, rooms in await shared.claim_dead_nodes(now):
                 self._log.warn("node {node} is gone; its members are away", node=node)
                 for room_id in rooms:
@@ -599,11 +662,15 @@ class KTVServer:
     def refresh(self) -> None:
         """Catch up after the store reconnected: changes may have been missed, and writes lost.
 
+        No node is reaped for a ``node_ttl`` after this: the others could not
+        write their heartbeats either, and need a moment to write them again.
+
         Every watched room is read again; and every room this node has had
         members in is reconciled with the connections it really has (a
         connection that closed, or a ``leave``, while the store was down
         could not be written).
         """
+        self._reap_after = self.now() + self.node_ttl
         for room_id in list(self.rooms):
             d = self.store.get(room_id)
             d.addCallback(self._refreshed, room_id)

@@ -137,6 +137,7 @@ class ISharedRoomStore(IRoomStore):
 
     on_resubscribed = Attribute("Called with no arguments after the store reconnected (changes may have been missed).")
     connected = Attribute("True while the store can be reached.")
+    listening = Attribute("True while changes from other nodes are being received.")
 
     def remember_room(node_id: str, room_id: str) -> Deferred[Any]:
         """Note that ``node_id`` has members in ``room_id`` (for when it dies)."""

@@ -129,7 +129,13 @@ class Options(usage.Options):
             "Rooms this process holds; a join that would open another is refused.",
             _positive_int,
         ],
-        ["max-message-bytes", None, 4096, "Largest boardcast body or chat line, in bytes.", _positive_int],
+        [
+            "max-message-bytes",
+            None,
+            4096,
+            "Largest boardcast body, chat line or device value, in bytes.",
+            _positive_int,
+        ],
         ["redis", None, None, "Keep rooms in Redis, shared with other nodes: redis://[:password@]host[:port][/db]."],
         ["redis-prefix", None, "ktv:", "Prefix of every Redis key and channel."],
         [

@@ -7,6 +7,7 @@ traffic runs on the real reactor.
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 from twisted.internet import reactor
@@ -80,7 +81,7 @@ class MultiNodeTests(TestCase):
     async def settle(self) -> None:
         """Let Redis round trips and pub/sub deliveries in flight finish (real I/O, not timers)."""
         for _ in range(3):
-            if self.nodes:
+            if self.nodes and self.store_of("any").connected:
                 await self.store_of("any").get("__settle__")
             await deferLater(reactor, 0.05, lambda: None)
 
@@ -230,3 +231,44 @@ class MultiNodeTests(TestCase):
         assert state is not None
         self.assertEqual(state.member("alice").nodes, ())  # type: ignore[union-attr]
         self.assertTrue(state.member("bob").nodes)  # type: ignore[union-attr]
+
+    async def test_a_node_taken_for_dead_puts_its_connected_members_back(self) -> None:
+        a, b = await self.node("a"), await self.node("b")
+        alice = await self.join(a, "alice")
+        bob = await self.join(b, "bob")
+        # b wrongly takes a for dead (say a's heartbeats could not be written)
+        await self.store_of("b").update("R1", partial(b._node_gone, node="a", now=self.clock.seconds()), None)
+        await wait_until(
+            lambda: bool(bob.messages) and bob.room["members"][0]["online"] is True and bob.room["version"] >= 4,
+            what="alice to be marked present again by her own node",
+        )
+        state = await self.state()
+        assert state is not None
+        self.assertEqual(state.member("alice").nodes, ("a",))  # type: ignore[union-attr]
+        self.assertIsNone(state.member("alice").away_until)  # type: ignore[union-attr]
+        self.assertTrue(alice.messages)
+
+    async def test_no_node_is_reaped_right_after_an_outage_longer_than_the_ttl(self) -> None:
+        a, b = await self.node("a"), await self.node("b")
+        await self.join(a, "alice")
+        bob = await self.join(b, "bob")
+        await self.redis.stop()
+        await wait_until(lambda: not self.store_of("a").connected, what="the nodes to notice")
+        await self.advance(15)  # heartbeats cannot be written for longer than node_ttl
+        self.flushLoggedErrors(KTVError)
+        await self.redis.start()
+        for name in ("a", "b"):
+            await wait_until(lambda n=name: self.store_of(n).listening, what=f"node {name} to come back")
+        for _ in range(12):  # sweeps every second, past a node_ttl
+            await self.advance(1)
+        state = await self.state()
+        assert state is not None
+        self.assertEqual([(m.fullname, m.away_until) for m in state.members], [("alice", None), ("bob", None)])
+        self.assertTrue(all(m["online"] for m in bob.room["members"]) if bob.messages else True)
+
+    async def test_the_acting_node_takes_the_new_state_at_once(self) -> None:
+        a, b = await self.node("a"), await self.node("b")
+        alice = await self.join(a, "alice")
+        await self.join(b, "bob")
+        state = await a.sing(alice, "1", "100")
+        self.assertEqual(a.rooms["R1"].version, state.version)  # before its own event arrives

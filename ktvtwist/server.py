@@ -68,8 +68,13 @@ class LocalRoom:
     room: str
     connections: dict[str, set[IConnection]] = field(default_factory=dict)
     timer: IDelayedCall | None = None
-    version: int = -1
+    state: RoomState | None = None
+    """The newest state of the room this node has seen (and pushed)."""
     frame: Frame | None = None
+
+    @property
+    def version(self) -> int:
+        return self.state.version if self.state is not None else -1
 
     def all_connections(self) -> Iterator[IConnection]:
         for conns in self.connections.values():
@@ -150,10 +155,15 @@ class KTVServer:
         pushed after this reply (and members here see the change at once).
         """
         state = await self.store.update(room_id, change, origin)
-        local = self.rooms.get(room_id)
-        if state is not None and local is not None and state.version > local.version:
-            self._show(local, state, origin)
+        if state is not None:
+            self._adopt(state, origin)
         return state
+
+    def _adopt(self, state: RoomState, origin: str | None) -> None:
+        """Take a state read or written through the store as this node's view, if it is newer."""
+        local = self.rooms.get(state.room)
+        if local is not None and state.version > local.version:
+            self._show(local, state, origin)
 
     async def _change(self, conn: IConnection, change: Callable[[RoomState, Binding, float], RoomState]) -> RoomState:
         """Apply a member's action to their room."""
@@ -311,6 +321,10 @@ class KTVServer:
         state = await self.store.get(binding.room)
         if state is None:
             raise errors.not_in_room()
+        self._adopt(state, conn.connection_id)
+        local = self.rooms.get(binding.room)
+        if local is not None and local.state is not None and local.state.version > state.version:
+            return local.state  # a newer change arrived while the read was under way
         return state
 
     async def ask(self, conn: IConnection, accept: bool) -> RoomState:
@@ -488,7 +502,7 @@ class KTVServer:
     def _show(self, local: LocalRoom, state: RoomState, origin: str | None) -> None:
         """Take ``state`` as the room's: re-arm its timer, push it, let go of those who left."""
         self._repair_presence(local, state)
-        local.version = state.version
+        local.state = state
         local.frame = None
         self._arm(local, state)
         local.frame = frame = self.room_frame(state)

@@ -29,7 +29,7 @@ from ktvtwist.store import MemoryRoomStore
 from ktvtwist.tap import Options, ServerService, makeService
 from ktvtwist.token_cli import main as token_main
 from ktvtwist.tokens import TokenError, mint, verify
-from tests.test_server import RecordingConnection
+from tests.support import RecordingConnection
 
 SECRET = b"0123456789abcdef0123456789abcdef-test"
 OTHER_SECRET = b"fedcba9876543210fedcba9876543210-test"

@@ -11,7 +11,6 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
-from zope.interface import implementer
 
 from ktvtwist.auth import OpenAuthority
 from ktvtwist.catalog import MemoryCatalog
@@ -19,22 +18,11 @@ from ktvtwist.errors import Language
 from ktvtwist.http import HTTPAPI
 from ktvtwist.redis_store import RedisAddress, RedisRoomStore
 from ktvtwist.room import RoomRules
-from ktvtwist.server import IConnection, KTVServer
-from ktvtwist.store import MemoryRoomStore
+from ktvtwist.server import KTVServer
 from ktvtwist.web import KTVRoot, redacted_log_formatter
-from ktvtwist.wire import Frame
+from tests.support import RecordingConnection, memory_server
 
 URL = "http://localhost:8888/api/v2/singer/create"
-
-
-@implementer(IConnection)
-class Member:
-    def __init__(self, server: KTVServer) -> None:
-        self.connection_id = server.new_connection_id()
-        self.frames: list[Frame] = []
-
-    def send(self, frame: Frame) -> None:
-        self.frames.append(frame)
 
 
 class HTTPAPITests(SynchronousTestCase):
@@ -43,20 +31,13 @@ class HTTPAPITests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_600_000_000)
-        self.server = KTVServer(
-            store=MemoryRoomStore(),
-            catalog=MemoryCatalog.sample(),
-            authority=OpenAuthority(),
-            clock=self.clock,
-            rules=RoomRules(max_members=4),
-            max_song_seconds=3600,
-        )
+        self.server = memory_server(self.clock, RoomRules(max_members=4), max_song_seconds=3600)
         self.api = HTTPAPI(self.server, self.language)
         self.treq: Any = StubTreq(self.api.app.resource())
         self.alice = self.join("alice")
 
-    def join(self, name: str) -> Member:
-        conn = Member(self.server)
+    def join(self, name: str) -> RecordingConnection:
+        conn = RecordingConnection(self.server)
         self.successResultOf(Deferred.fromCoroutine(self.server.join(conn, "R1", f"tok-{name}", {"fullname": name})))
         return conn
 

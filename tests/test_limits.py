@@ -24,21 +24,17 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from ktvtwist import tap
-from ktvtwist.auth import OpenAuthority
-from ktvtwist.catalog import MemoryCatalog
 from ktvtwist.http import HTTPAPI
 from ktvtwist.limits import KeyedBuckets, OriginPolicy, TokenBucket, send_buffer_of, unsent_bytes
 from ktvtwist.room import RoomRules
-from ktvtwist.server import IConnection, KTVServer
-from ktvtwist.store import MemoryRoomStore
 from ktvtwist.web import KTVRoot
 from ktvtwist.websocket import KTVServerProtocol, KTVWebSocketFactory
-from ktvtwist.wire import Frame
+from tests.support import RecordingConnection, memory_server
 
 START = 1_600_000_000.0
+
 OPCODE_TEXT, OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG = 0x1, 0x8, 0x9, 0xA
 
 
@@ -223,13 +219,7 @@ class LimitsTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(START)
-        self.server = KTVServer(
-            store=MemoryRoomStore(),
-            catalog=MemoryCatalog.sample(),
-            authority=OpenAuthority(),
-            clock=self.clock,
-            rules=RoomRules(max_members=4, reconnect_grace=0),
-        )
+        self.server = memory_server(self.clock, RoomRules(max_members=4, reconnect_grace=0))
 
     def tearDown(self) -> None:
         self.server.stop()
@@ -626,20 +616,11 @@ class LivenessTests(LimitsTestCase):
 URL = "http://localhost:8888/api/v2/singer/create"
 
 
-@implementer(IConnection)
-class Member:
-    def __init__(self, server: KTVServer) -> None:
-        self.connection_id = server.new_connection_id()
-
-    def send(self, frame: Frame) -> None:
-        pass
-
-
 class HTTPLimitTests(LimitsTestCase):
     def setUp(self) -> None:
         super().setUp()
         for name in ("alice", "bob"):
-            join = self.server.join(Member(self.server), "R1", f"tok-{name}", {"fullname": name})
+            join = self.server.join(RecordingConnection(self.server), "R1", f"tok-{name}", {"fullname": name})
             self.successResultOf(Deferred.fromCoroutine(join))
 
     def post(self, api: HTTPAPI, **kw: Any) -> tuple[int, dict[str, Any]]:

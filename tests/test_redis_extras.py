@@ -31,7 +31,7 @@ from ktvtwist.room import RoomRules, RoomStatus
 from ktvtwist.server import KTVServer
 from ktvtwist.tap import Options, ServerService, exposure_problem, makeService
 from tests.redis_helper import RedisServer, free_port
-from tests.test_server import RecordingConnection
+from tests.support import RecordingConnection
 from tests.test_stores import connected_redis_store, wait_until
 
 SONGS = [

@@ -18,28 +18,9 @@ from ktvtwist.room import RoomRules, RoomState, RoomStatus
 from ktvtwist.server import IConnection, KTVServer
 from ktvtwist.store import MemoryRoomStore
 from ktvtwist.wire import Frame
+from tests.support import RecordingConnection
 
 START = 1_500_000_000.0
-
-
-@implementer(IConnection)
-class RecordingConnection:
-    """An IConnection that keeps what it is sent."""
-
-    def __init__(self, server: KTVServer) -> None:
-        self.connection_id = server.new_connection_id()
-        self.frames: list[Frame] = []
-
-    def send(self, frame: Frame) -> None:
-        self.frames.append(frame)
-
-    @property
-    def messages(self) -> list[dict[str, Any]]:
-        return [json.loads(f.payload) for f in self.frames]
-
-    @property
-    def last(self) -> dict[str, Any]:
-        return self.messages[-1]
 
 
 @implementer(IConnection)

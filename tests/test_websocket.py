@@ -12,13 +12,10 @@ from twisted.internet.task import Clock
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from ktvtwist.auth import OpenAuthority
-from ktvtwist.catalog import MemoryCatalog
 from ktvtwist.errors import Language
 from ktvtwist.room import RoomRules
-from ktvtwist.server import KTVServer
-from ktvtwist.store import MemoryRoomStore
 from ktvtwist.websocket import KTVServerProtocol, KTVWebSocketFactory
+from tests.support import memory_server
 
 START = 1_527_574_165.09
 
@@ -66,12 +63,8 @@ class WebSocketTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(START)
-        self.server = KTVServer(
-            store=MemoryRoomStore(),
-            catalog=MemoryCatalog.sample(),
-            authority=OpenAuthority(),
-            clock=self.clock,
-            rules=RoomRules(ask_seconds=15, rest_seconds=30, max_members=2, reconnect_grace=0),
+        self.server = memory_server(
+            self.clock, RoomRules(ask_seconds=15, rest_seconds=30, max_members=2, reconnect_grace=0)
         )
         self.factory = KTVWebSocketFactory(self.server, language=self.language, reactor=self.clock)
         self.pumps: list[iosim.IOPump] = []

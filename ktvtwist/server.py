@@ -53,6 +53,18 @@ class IConnection(Interface):
         """Queue an encoded frame to the client.  Must not raise."""
 
 
+def on_existing(change: Callable[[RoomState], RoomState]) -> Change:
+    """A store change for upkeep: a missing room stays missing, a room left empty is deleted."""
+
+    def apply(state: RoomState | None) -> RoomState | None:
+        if state is None:
+            return None
+        changed = change(state)
+        return changed if changed.members else None
+
+    return apply
+
+
 @dataclass
 class Binding:
     """What a connection became when it joined: a member of one room."""
@@ -304,13 +316,7 @@ class KTVServer:
             return
         fullname = binding.identity.fullname
         now = self.now()
-
-        def away(state: RoomState | None) -> RoomState | None:
-            if state is None:
-                return None
-            gone = self.rules.disconnect(state, fullname, self.node_id, now)
-            return gone if gone.members else None
-
+        away = on_existing(lambda s: self.rules.disconnect(s, fullname, self.node_id, now))
         d = self.store.update(binding.room, away, None)
         d.addErrback(lambda f: self._log.failure("marking {member} away", f, member=fullname))
 
@@ -572,14 +578,7 @@ class KTVServer:
         if local is not None:
             local.timer = None
         now = self.now()
-
-        def move_on(state: RoomState | None) -> RoomState | None:
-            if state is None:
-                return None
-            moved = self.rules.expire(state, version, now)
-            return moved if moved.members else None
-
-        d = self.store.update(room_id, move_on, None)
+        d = self.store.update(room_id, on_existing(lambda s: self.rules.expire(s, version, now)), None)
         d.addErrback(lambda f: self._log.failure("moving room {room} on", f, room=room_id))
 
     def stop(self) -> None:
@@ -616,7 +615,7 @@ class KTVServer:
         now = self.now()
         for room_id in list(self.rooms):
             try:
-                await self.store.update(room_id, partial(self._node_gone, node=self.node_id, now=now), None)
+                await self.store.update(room_id, self._node_gone(self.node_id, now), None)
             except Exception:
                 self._log.failure("handing over room {room}", room=room_id)
         try:
@@ -624,11 +623,8 @@ class KTVServer:
         except Exception:
             self._log.failure("leaving the node list")
 
-    def _node_gone(self, state: RoomState | None, node: str, now: float) -> RoomState | None:
-        if state is None:
-            return None
-        after = self.rules.disconnect_node(state, node, now)
-        return after if after.members else None
+    def _node_gone(self, node: str, now: float) -> Change:
+        return on_existing(lambda s: self.rules.disconnect_node(s, node, now))
 
     async def _heartbeat(self, now: float) -> None:
         assert self.shared is not None
@@ -654,24 +650,21 @@ class KTVServer:
         try:
             await self._heartbeat(now)
             for room_id in await shared.overdue_rooms(now - SWEEP_SLACK):
-                await self.store.update(room_id, partial(self._overdue, now=now), None)
+                await self.store.update(room_id, self._overdue(now), None)
             if now < self._reap_after:
                 return
             for node, rooms in await shared.claim_dead_nodes(now):
                 self._log.warn("node {node} is gone; its members are away", node=node)
                 for room_id in rooms:
-                    await self.store.update(room_id, partial(self._node_gone, node=node, now=now), None)
+                    await self.store.update(room_id, self._node_gone(node, now), None)
         except errors.KTVError as e:
             if e.kind is not errors.UNAVAILABLE:
                 self._log.failure("room upkeep")
         except Exception:
             self._log.failure("room upkeep")
 
-    def _overdue(self, state: RoomState | None, now: float) -> RoomState | None:
-        if state is None:
-            return None
-        moved = self.rules.expire(state, state.version, now)
-        return moved if moved.members else None
+    def _overdue(self, now: float) -> Change:
+        return on_existing(lambda s: self.rules.expire(s, s.version, now))
 
     def refresh(self) -> None:
         """Catch up after the store reconnected: changes may have been missed, and writes lost.
@@ -696,19 +689,17 @@ class KTVServer:
         assert shared is not None
         now = self.now()
         for room_id in await shared.node_rooms(self.node_id):
-            await self.store.update(room_id, partial(self._gone_from_here, now=now), None)
+            await self.store.update(room_id, on_existing(partial(self._gone_from_here, now=now)), None)
 
-    def _gone_from_here(self, state: RoomState | None, now: float) -> RoomState | None:
+    def _gone_from_here(self, state: RoomState, now: float) -> RoomState:
         """Members listed on this node who have no connection (or join under way) here are disconnected."""
-        if state is None:
-            return None
         local = self.rooms.get(state.room)
         here = set(local.connections) if local is not None else set()
         here |= {name for room, name in self._joining if room == state.room}
         for m in state.members:
             if self.node_id in m.nodes and m.fullname not in here:
                 state = self.rules.disconnect(state, m.fullname, self.node_id, now)
-        return state if state.members else None
+        return state
 
     def _refreshed(self, state: RoomState | None, room_id: str) -> None:
         local = self.rooms.get(room_id)

@@ -7,7 +7,6 @@ traffic runs on the real reactor.
 from __future__ import annotations
 
 import json
-from functools import partial
 from typing import Any
 
 from twisted.internet import reactor
@@ -237,7 +236,7 @@ class MultiNodeTests(TestCase):
         alice = await self.join(a, "alice")
         bob = await self.join(b, "bob")
         # b wrongly takes a for dead (say a's heartbeats could not be written)
-        await self.store_of("b").update("R1", partial(b._node_gone, node="a", now=self.clock.seconds()), None)
+        await self.store_of("b").update("R1", b._node_gone("a", self.clock.seconds()), None)
         await wait_until(
             lambda: bool(bob.messages) and bob.room["members"][0]["online"] is True and bob.room["version"] >= 4,
             what="alice to be marked present again by her own node",

@@ -20,16 +20,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ktvtwist import auth, tokens
 from ktvtwist.auth import Identity, OpenAuthority, SignedAuthority, read_secret_file
-from ktvtwist.catalog import MemoryCatalog
 from ktvtwist.errors import KTVError, Language
 from ktvtwist.http import HTTPAPI
 from ktvtwist.room import RoomRules, RoomState
-from ktvtwist.server import KTVServer
-from ktvtwist.store import MemoryRoomStore
 from ktvtwist.tap import Options, ServerService, makeService
 from ktvtwist.token_cli import main as token_main
 from ktvtwist.tokens import TokenError, mint, verify
-from tests.support import RecordingConnection
+from tests.support import RecordingConnection, memory_server
 
 SECRET = b"0123456789abcdef0123456789abcdef-test"
 OTHER_SECRET = b"fedcba9876543210fedcba9876543210-test"
@@ -452,15 +449,10 @@ class SignedServerTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.store = MemoryRoomStore()
-        self.server = KTVServer(
-            store=self.store,
-            catalog=MemoryCatalog.sample(),
-            authority=SignedAuthority(SECRET, self.clock),
-            clock=self.clock,
-            rules=RoomRules(max_members=4),
-            max_song_seconds=600,
+        self.server = memory_server(
+            self.clock, RoomRules(max_members=4), SignedAuthority(SECRET, self.clock), max_song_seconds=600
         )
+        self.store = self.server.store
         self.treq: Any = StubTreq(HTTPAPI(self.server, Language.EN).app.resource())
 
     def token(self, fullname: str, **kw: Any) -> str:

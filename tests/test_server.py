@@ -12,13 +12,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from ktvtwist.auth import Identity, ITokenAuthority, OpenAuthority
-from ktvtwist.catalog import MemoryCatalog
 from ktvtwist.errors import KTVError
 from ktvtwist.room import RoomRules, RoomState, RoomStatus
-from ktvtwist.server import IConnection, KTVServer
-from ktvtwist.store import MemoryRoomStore
+from ktvtwist.server import IConnection
 from ktvtwist.wire import Frame
-from tests.support import RecordingConnection
+from tests.support import RecordingConnection, memory_server
 
 START = 1_500_000_000.0
 
@@ -45,16 +43,13 @@ class ServerTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(START)
-        self.store = MemoryRoomStore()
-        self.server = KTVServer(
-            store=self.store,
-            catalog=MemoryCatalog.sample(),
-            authority=OpenAuthority(),
-            clock=self.clock,
-            rules=RoomRules(ask_seconds=15, rest_seconds=30, max_members=4, reconnect_grace=self.grace),
+        self.server = memory_server(
+            self.clock,
+            RoomRules(ask_seconds=15, rest_seconds=30, max_members=4, reconnect_grace=self.grace),
             max_song_seconds=600,
             max_rooms=3,
         )
+        self.store = self.server.store
 
     def connect(self) -> RecordingConnection:
         return RecordingConnection(self.server)
